@@ -1,0 +1,513 @@
+"""The optlab transform contract: one plain function per property.
+
+Each ``check_*`` takes a :class:`~tests.contract.subjects.Subject` (plus, for some, a problem,
+a directory or the sharded runner's results) and raises ``AssertionError`` with a message that
+names the subject and what went wrong. ``test_contract.py`` parametrizes them over ``SUBJECTS``
+and also runs them on deliberately broken transforms to show that they can fail.
+
+Unless stated otherwise the checks run on ``problems.MIXED`` (a dict with a (16, 8) matrix and
+a (8,) bias) with ``subject.make(**subject.hyperparams)``.
+
+NaN / Inf gradient policy (``check_nan_gradient``)
+--------------------------------------------------
+A step whose gradient contains a NaN or an Inf is *skipped*: its update is exactly zero, the
+parameters and every floating-point leaf of the optimizer state stay finite, and the following
+finite steps give the same parameters (to float32 round-off) as a run in which the bad step never
+happened. Nothing non-finite may stay behind in the state. A transform that does this itself is
+registered with ``nan_safe=True``; for every other transform the policy is obtained with the
+documented optax recipe
+
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_ERRORS)
+
+and the check verifies the transform composes with it (its update must be traceable in a
+``lax.cond`` and leave the state untouched when skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from .problems import MIXED, Problem
+from .subjects import Subject
+
+Params = dict[str, jax.Array]
+StepFn = Callable[..., tuple[Params, optax.OptState, jax.Array]]
+
+#: ``max_consecutive_errors`` for ``optax.apply_if_finite`` around subjects that are not nan_safe.
+MAX_CONSECUTIVE_ERRORS = 10
+#: Devices in the sharded run (a forced host-platform device count in the subprocess).
+N_SHARDED_DEVICES = 8
+#: The sharded run must match the single-device one to these tolerances.
+SHARDED_RTOL, SHARDED_ATOL = 1e-5, 1e-6
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARDED_RUNNER = Path(__file__).resolve().with_name("sharded_runner.py")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def extra_update_args(subject: Subject, problem: Problem) -> dict[str, Any]:
+    """The extra keyword arguments every ``update()`` call of this subject receives."""
+    return {"grad_fn": jax.grad(problem.loss)} if subject.needs_grad_fn else {}
+
+
+def plain_tx(subject: Subject, problem_name: str | None = None) -> optax.GradientTransformation:
+    hp = subject.hyperparams if problem_name is None else subject.hyperparams_for(problem_name)
+    return subject.make(**hp)
+
+
+def make_step(
+    tx: optax.GradientTransformation, subject: Subject, problem: Problem = MIXED
+) -> StepFn:
+    """``step(params, state, poison) -> (new_params, new_state, loss_at_params)``.
+
+    ``poison`` is a float32 scalar added to one gradient element (the first element of the
+    largest leaf): 0.0 leaves the gradient untouched, NaN / Inf corrupt it. One traced function
+    thus serves clean and corrupted steps.
+    """
+    extra = extra_update_args(subject, problem)
+
+    def step(
+        params: Params, state: optax.OptState, poison: jax.Array
+    ) -> tuple[Params, optax.OptState, jax.Array]:
+        loss, grads = jax.value_and_grad(problem.loss)(params)
+        grads = _poison(grads, poison)
+        updates, state = tx.update(grads, state, params, **extra)
+        return optax.apply_updates(params, updates), state, loss
+
+    return step
+
+
+def _poison(grads: Params, poison: jax.Array) -> Params:
+    leaves, treedef = jax.tree.flatten(grads)
+    i = max(range(len(leaves)), key=lambda j: leaves[j].size)
+    g = leaves[i]
+    leaves[i] = g.at[(0,) * g.ndim].add(poison.astype(g.dtype))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+#: The ``poison`` argument of a clean step (the gradient is left untouched).
+CLEAN = np.float32(0.0)
+
+
+def _counting_jit(fn: Callable[..., Any]) -> tuple[Callable[..., Any], list[int]]:
+    """``jax.jit(fn)`` plus a one-element list counting how often ``fn`` was traced."""
+    traces = [0]
+
+    def traced(*args: Any) -> Any:
+        traces[0] += 1
+        return fn(*args)
+
+    return jax.jit(traced), traces
+
+
+def _describe(tree: Any) -> str:
+    return str(jax.tree.map(lambda x: jax.typeof(x).str_short(), tree))
+
+
+def _signature(tree: Any) -> tuple[Any, list[tuple[tuple[int, ...], str, bool]]]:
+    leaves, treedef = jax.tree.flatten(tree)
+    sig = []
+    for x in leaves:
+        aval = jax.typeof(x)
+        sig.append((tuple(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False))))
+    return treedef, sig
+
+
+def _state_drift(before: Any, after: Any) -> str:
+    """Human-readable reason why two states would trace differently ('' if they would not)."""
+    (td0, sig0), (td1, sig1) = _signature(before), _signature(after)
+    if td0 != td1:
+        return f"tree structure changed:\n  before: {td0}\n  after:  {td1}"
+    diffs = [
+        f"  leaf {i}: {a} -> {b}  (shape, dtype, weak_type)"
+        for i, (a, b) in enumerate(zip(sig0, sig1, strict=True))
+        if a != b
+    ]
+    return "leaf avals changed:\n" + "\n".join(diffs) if diffs else ""
+
+
+def _float_leaves_finite(tree: Any) -> list[str]:
+    """Key paths of floating-point leaves that contain a NaN or an Inf."""
+    bad = []
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        arr = np.asarray(x)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            bad.append(jax.tree_util.keystr(path))
+    return bad
+
+
+def _reraise(prefix: str, err: AssertionError) -> AssertionError:
+    return AssertionError(f"{prefix}\n{err}")
+
+
+# -- 1. jit without recompilation ----------------------------------------------------------------
+def check_jit_no_recompile(subject: Subject) -> None:
+    """A jitted step traces once for two calls, and matches the un-jitted step."""
+    tx = plain_tx(subject)
+    params = MIXED.init_params()
+    state = tx.init(params)
+    step = make_step(tx, subject)
+    jitted, traces = _counting_jit(step)
+
+    p1, s1, _ = jitted(params, state, CLEAN)
+    p2, s2, _ = jitted(p1, s1, CLEAN)
+    jax.block_until_ready((p2, s2))
+    assert traces[0] == 1, (
+        f"{subject.name}: the jitted step was traced {traces[0]} times for two calls with "
+        "identically shaped arguments; init() and update() must return states with the same "
+        f"tree structure, shapes, dtypes and weak types.\n{_state_drift(state, s1)}"
+    )
+    assert not _float_leaves_finite(p2), f"{subject.name}: non-finite params after two steps"
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p2), strict=True)
+    ), f"{subject.name}: two steps left the params unchanged"
+
+    # The jitted step computes what the eager one computes.
+    e1, es1, _ = step(params, state, CLEAN)
+    e2, es2, _ = step(e1, es1, CLEAN)
+    try:
+        chex.assert_trees_all_close((p2, s2), (e2, es2), rtol=1e-5, atol=1e-6)
+    except AssertionError as err:
+        raise _reraise(f"{subject.name}: jitted and eager steps disagree", err) from None
+
+
+# -- 2. unexpected extra keyword arguments ------------------------------------------------------
+def check_extra_args(subject: Subject) -> None:
+    """``with_extra_args_support(tx).update(..., some_unused_arg=1.0)`` works, changes nothing."""
+    tx = optax.with_extra_args_support(plain_tx(subject))
+    params = MIXED.init_params()
+    state = tx.init(params)
+    grads = jax.grad(MIXED.loss)(params)
+    extra = extra_update_args(subject, MIXED)
+
+    ref_updates, ref_state = tx.update(grads, state, params, **extra)
+    try:
+        updates, new_state = tx.update(
+            grads, state, params, **extra, some_unused_arg=1.0, another_unused_arg=jnp.ones(3)
+        )
+    except TypeError as err:
+        raise AssertionError(
+            f"{subject.name}: update() rejected unused extra keyword arguments ({err}); a "
+            "GradientTransformationExtraArgs must accept and ignore **extra_args"
+        ) from None
+    try:
+        chex.assert_trees_all_equal((updates, new_state), (ref_updates, ref_state))
+    except AssertionError as err:
+        raise _reraise(
+            f"{subject.name}: unused extra keyword arguments changed the result", err
+        ) from None
+
+
+# -- 3. inject_hyperparams -----------------------------------------------------------------------
+def injected_hyperparam_name(subject: Subject) -> str:
+    """The hyperparameter the inject check changes: learning_rate, else the first non-zero one."""
+    if "learning_rate" in subject.hyperparams:
+        return "learning_rate"
+    nonzero = [k for k, v in subject.hyperparams.items() if v != 0]
+    return (nonzero or list(subject.hyperparams))[0]
+
+
+def check_inject_hyperparams(subject: Subject) -> None:
+    """``inject_hyperparams(make)`` works under jit; editing ``state.hyperparams`` takes effect
+    without a retrace, and the injected transform computes what the plain one computes."""
+    assert subject.hyperparams, f"{subject.name}: no numeric hyperparameters to inject"
+    tx = optax.inject_hyperparams(subject.make)(**subject.hyperparams)
+    params = MIXED.init_params()
+    state = tx.init(params)
+    assert isinstance(state.hyperparams, dict), f"{subject.name}: no state.hyperparams dict"
+    missing = set(subject.hyperparams) - set(state.hyperparams)
+    assert not missing, f"{subject.name}: hyperparameters {missing} were not injected"
+    jitted, traces = _counting_jit(make_step(tx, subject))
+
+    # Same first step as the plain transform.
+    p1, s1, _ = jitted(params, state, CLEAN)
+    plain_step = jax.jit(make_step(plain_tx(subject), subject))
+    q1, _, _ = plain_step(params, plain_tx(subject).init(params), CLEAN)
+    try:
+        chex.assert_trees_all_close(p1, q1, rtol=1e-5, atol=1e-7)
+    except AssertionError as err:
+        raise _reraise(
+            f"{subject.name}: inject_hyperparams(make) and make disagree on the first step", err
+        ) from None
+
+    name = injected_hyperparam_name(subject)
+    old = s1.hyperparams[name]
+    if jnp.issubdtype(old.dtype, jnp.integer):
+        new = old + 1
+    else:
+        new = old * 0.5 if np.asarray(old) != 0 else old + 0.1
+    s1_changed = s1._replace(hyperparams={**s1.hyperparams, name: new})
+
+    p_same, s_same, _ = jitted(p1, s1, CLEAN)
+    p_changed, s_changed, _ = jitted(p1, s1_changed, CLEAN)
+    jax.block_until_ready((p_same, p_changed))
+    assert traces[0] == 1, (
+        f"{subject.name}: the injected step was traced {traces[0]} times (expected 1); "
+        f"changing state.hyperparams[{name!r}] must not change the state's structure.\n"
+        f"{_state_drift(s1, s_same)}"
+    )
+    assert jax.tree.structure(s_same) == jax.tree.structure(s_changed)
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(p_same), jax.tree.leaves(p_changed), strict=True)
+    ]
+    assert any(changed), (
+        f"{subject.name}: changing state.hyperparams[{name!r}] from {old} to {new} did not "
+        "change the update; the transform ignores the injected value"
+    )
+    np.testing.assert_allclose(
+        np.asarray(s_changed.hyperparams[name]),
+        np.asarray(new),
+        err_msg=f"{subject.name}: the edited hyperparameter was not carried to the next state",
+    )
+
+
+# -- 4. tree_map_params -------------------------------------------------------------------------
+def check_tree_map_params(subject: Subject) -> None:
+    """``optax.tree.map_params`` runs on the state, keeps its structure, and only maps
+    parameter-shaped subtrees."""
+    tx = plain_tx(subject)
+    params = MIXED.init_params()
+    state = tx.init(params)
+    # Advance one step so the state holds non-trivial values.
+    _, state, _ = jax.jit(make_step(tx, subject))(params, state, CLEAN)
+    param_shapes = {tuple(x.shape) for x in jax.tree.leaves(params)}
+
+    try:
+        identity = optax.tree.map_params(tx, lambda x: x, state)
+        cast = optax.tree.map_params(tx, lambda x: x.astype(jnp.bfloat16), state)
+        specs = optax.tree.map_params(
+            tx,
+            lambda _, spec: spec,
+            state,
+            jax.tree.map(lambda x: f"spec{x.shape}", params),
+            transform_non_params=lambda _: "non-param",
+        )
+    except Exception as err:  # report any failure as a contract violation
+        raise AssertionError(
+            f"{subject.name}: optax.tree.map_params failed ({type(err).__name__}: {err}); "
+            "init() must work when given optax's params placeholder"
+        ) from err
+
+    try:
+        chex.assert_trees_all_equal(identity, state)
+    except AssertionError as err:
+        raise _reraise(
+            f"{subject.name}: map_params with the identity changed the state", err
+        ) from None
+    assert jax.tree.structure(cast) == jax.tree.structure(state), (
+        f"{subject.name}: map_params changed the state's tree structure"
+    )
+    spec_leaves = jax.tree.leaves(specs)
+    for before, after, spec in zip(
+        jax.tree.leaves(state), jax.tree.leaves(cast), spec_leaves, strict=True
+    ):
+        if spec == "non-param":
+            assert after is before, f"{subject.name}: map_params touched a non-parameter leaf"
+        else:
+            assert tuple(before.shape) in param_shapes and spec == f"spec{before.shape}", (
+                f"{subject.name}: map_params mapped a leaf of shape {before.shape} onto {spec}"
+            )
+            assert after.dtype == jnp.bfloat16 and after.shape == before.shape
+
+
+# -- 5. checkpoint round trip --------------------------------------------------------------------
+def check_checkpoint_roundtrip(
+    subject: Subject, directory: Path, k_steps: int = 3, n_steps: int = 3
+) -> None:
+    """Save (params, state) with orbax after k steps, restore, continue n steps: identical."""
+    tx = plain_tx(subject)
+    params = MIXED.init_params()
+    state = tx.init(params)
+    step = jax.jit(make_step(tx, subject))
+    for _ in range(k_steps):
+        params, state, _ = step(params, state, CLEAN)
+
+    live = {"params": params, "state": state}
+    path = Path(directory).resolve() / f"ckpt_{subject.name}"
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, live)
+        ckptr.wait_until_finished()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, live)
+        restored = ckptr.restore(path, abstract)
+
+    assert jax.tree.structure(restored) == jax.tree.structure(live), (
+        f"{subject.name}: restored tree structure differs:\n"
+        f"  {jax.tree.structure(restored)}\n  {jax.tree.structure(live)}"
+    )
+    assert _describe(restored) == _describe(live), (
+        f"{subject.name}: restored shapes/dtypes differ:\n  {_describe(restored)}\n"
+        f"  {_describe(live)}"
+    )
+    try:
+        chex.assert_trees_all_equal(restored, live)
+    except AssertionError as err:
+        raise _reraise(f"{subject.name}: restored values differ from the saved ones", err) from None
+
+    a_params, a_state = live["params"], live["state"]
+    b_params, b_state = restored["params"], restored["state"]
+    for i in range(n_steps):
+        a_params, a_state, _ = step(a_params, a_state, CLEAN)
+        b_params, b_state, _ = step(b_params, b_state, CLEAN)
+        try:
+            chex.assert_trees_all_equal((a_params, a_state), (b_params, b_state))
+        except AssertionError as err:
+            raise _reraise(
+                f"{subject.name}: the trajectory continued from the restored checkpoint "
+                f"diverged from the live one at continued step {i + 1}",
+                err,
+            ) from None
+
+
+# -- 6. sharding (results come from sharded_runner.py in a subprocess) -----------------------------
+def run_sharded_runner(out_path: Path, timeout: float = 900.0) -> dict[str, Any]:
+    """Launch ``sharded_runner.py`` once (all subjects) on an 8-device CPU mesh; return its JSON."""
+    env = dict(os.environ)
+    flag = f"--xla_force_host_platform_device_count={N_SHARDED_DEVICES}"
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device" not in f]
+    env["XLA_FLAGS"] = " ".join([*kept, flag])
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, str(SHARDED_RUNNER), str(out_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0 or not Path(out_path).exists():
+        raise AssertionError(
+            f"sharded_runner.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    return json.loads(Path(out_path).read_text())
+
+
+def check_sharded(subject: Subject, results: Mapping[str, Any]) -> None:
+    """The sharded run (params + state on an 8-device mesh) matched the single-device run."""
+    assert results.get("device_count") == N_SHARDED_DEVICES, (
+        f"the sharded runner saw {results.get('device_count')} devices, "
+        f"expected {N_SHARDED_DEVICES}"
+    )
+    entry = results.get("subjects", {}).get(subject.name)
+    assert entry is not None, f"{subject.name}: the sharded runner reported nothing for it"
+    assert entry["error"] is None, f"{subject.name}: the sharded run raised:\n{entry['error']}"
+    assert not entry["problems"], (
+        f"{subject.name}: sharded vs single-device run (rtol={SHARDED_RTOL}, "
+        f"atol={SHARDED_ATOL}):\n  " + "\n  ".join(entry["problems"])
+    )
+    assert entry["compared_leaves"] > 0, f"{subject.name}: nothing was compared"
+
+
+# -- 7. NaN / Inf gradients ----------------------------------------------------------------------
+def nan_policy_tx(subject: Subject) -> optax.GradientTransformation:
+    """The transform as the NaN policy prescribes: itself if nan_safe, else apply_if_finite."""
+    tx = plain_tx(subject)
+    if subject.nan_safe:
+        return tx
+    return optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_ERRORS)
+
+
+def check_nan_gradient(
+    subject: Subject,
+    n_steps: int = 10,
+    bad_steps: Mapping[int, float] | None = None,
+) -> None:
+    """A NaN (step 3) and an Inf (step 6) gradient are skipped without leaving traces."""
+    bad = dict(bad_steps) if bad_steps is not None else {3: float("nan"), 6: float("inf")}
+    tx = nan_policy_tx(subject)
+    how = "the transform itself (nan_safe)" if subject.nan_safe else "optax.apply_if_finite"
+    step = jax.jit(make_step(tx, subject))
+    params0 = MIXED.init_params()
+
+    # Reference: the same transform with the bad steps simply left out.
+    ref_params, ref_state = params0, tx.init(params0)
+    for i in range(n_steps):
+        if i not in bad:
+            ref_params, ref_state, _ = step(ref_params, ref_state, CLEAN)
+
+    params, state = params0, tx.init(params0)
+    losses = []
+    for i in range(n_steps):
+        poison = np.float32(bad.get(i, 0.0))
+        new_params, state, loss = step(params, state, poison)
+        losses.append(float(loss))
+        bad_state = _float_leaves_finite(state)
+        assert not bad_state, (
+            f"{subject.name} via {how}: after step {i} (gradient poison {poison}) the state has "
+            f"non-finite float leaves {bad_state}; a bad gradient must not get stuck in the state"
+        )
+        assert not _float_leaves_finite(new_params), (
+            f"{subject.name} via {how}: non-finite params after step {i} (poison {poison})"
+        )
+        if i in bad:
+            try:
+                chex.assert_trees_all_equal(new_params, params)
+            except AssertionError as err:
+                raise _reraise(
+                    f"{subject.name} via {how}: the step with a {poison} gradient was not "
+                    "skipped (its update must be exactly zero)",
+                    err,
+                ) from None
+        params = new_params
+
+    final_loss = float(MIXED.loss(params))
+    first_bad = min(bad)
+    assert final_loss < losses[first_bad], (
+        f"{subject.name} via {how}: training did not continue after the bad steps "
+        f"(loss {losses[first_bad]:.4g} at step {first_bad} -> {final_loss:.4g} at the end)"
+    )
+    try:
+        chex.assert_trees_all_close(params, ref_params, rtol=1e-6, atol=1e-7)
+    except AssertionError as err:
+        raise _reraise(
+            f"{subject.name} via {how}: the run with bad gradients does not match the run that "
+            "skipped those steps",
+            err,
+        ) from None
+
+
+# -- 8. convergence ------------------------------------------------------------------------------
+def run_to_convergence(subject: Subject, problem: Problem) -> tuple[float, float, int]:
+    """(initial loss, final loss, steps) of ``subject`` on ``problem`` (one jitted scan)."""
+    tx = plain_tx(subject, problem.name)
+    steps = subject.steps * problem.steps_factor
+    step = make_step(tx, subject, problem)
+
+    @jax.jit
+    def run(params: Params) -> jax.Array:
+        def body(carry: tuple[Params, optax.OptState], _: None) -> tuple[Any, None]:
+            p, s, _ = step(*carry, CLEAN)
+            return (p, s), None
+
+        (final, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
+        return problem.loss(final)
+
+    params = problem.init_params()
+    return float(problem.loss(params)), float(run(params)), steps
+
+
+def check_convergence(subject: Subject, problem: Problem) -> None:
+    """final loss <= problem.rtol * initial loss after subject.steps * problem.steps_factor."""
+    initial, final, steps = run_to_convergence(subject, problem)
+    bound = problem.rtol * initial
+    assert np.isfinite(final) and final <= bound, (
+        f"{subject.name} on {problem.name}: loss {initial:.4g} -> {final:.4g} after {steps} "
+        f"steps, needs <= {bound:.4g} (= {problem.rtol:g} x initial) with hyperparams "
+        f"{subject.hyperparams_for(problem.name)}"
+    )
