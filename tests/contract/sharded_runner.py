@@ -13,8 +13,9 @@ devices (the (16, 8) matrix split over both axes, the (8,) bias over all 8 devic
 optimizer state gets the matching shardings via ``optax.tree.map_params`` (parameter-shaped
 leaves sharded like their parameter, everything else replicated) and ``jax.jit(tx.init,
 out_shardings=...)``, and a few jitted steps run with those in/out shardings. The same steps
-run unsharded on one device; every leaf of (params, state) must agree to
-``SHARDED_RTOL`` / ``SHARDED_ATOL`` and the sharded params must really be spread over 8 devices.
+run unsharded on one device; every leaf of (params, state) must agree within
+``leaf_mismatches`` with the subject's ``rtol``, and the sharded params must really be spread
+over 8 devices.
 
 Output JSON: ``{"device_count": int, "subjects": {name: {"error": str | None,
 "problems": [str], "compared_leaves": int, "max_abs_diff": float}}}``.
@@ -48,8 +49,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from tests.contract.checks import (  # noqa: E402
     CLEAN,
-    SHARDED_ATOL,
-    SHARDED_RTOL,
+    leaf_mismatches,
     make_step,
     plain_tx,
 )
@@ -98,29 +98,16 @@ def run_subject(subject: Subject, mesh: Mesh) -> dict[str, Any]:
         if s is not replicated
     )
 
-    max_abs = 0.0
-    compared = 0
-    ref_leaves = jax.tree_util.tree_leaves_with_path((ref_params, ref_state))
-    sh_leaves = jax.tree.leaves((sh_params, sh_state))
-    if len(ref_leaves) != len(sh_leaves):
-        problems.append(f"leaf count differs: {len(ref_leaves)} vs {len(sh_leaves)}")
-    for (path, ref), got in zip(ref_leaves, sh_leaves, strict=False):
-        name = jax.tree_util.keystr(path)
-        ref_np, got_np = np.asarray(ref), np.asarray(got)
-        compared += 1
-        if ref_np.shape != got_np.shape or ref_np.dtype != got_np.dtype:
-            problems.append(
-                f"{name}: {got_np.shape}/{got_np.dtype} vs {ref_np.shape}/{ref_np.dtype}"
-            )
-            continue
-        if np.issubdtype(ref_np.dtype, np.inexact):
-            diff = np.abs(got_np.astype(np.float64) - ref_np.astype(np.float64))
-            if diff.size:
-                max_abs = max(max_abs, float(np.nanmax(diff)))
-            if not np.allclose(got_np, ref_np, rtol=SHARDED_RTOL, atol=SHARDED_ATOL):
-                problems.append(f"{name}: max |diff| {float(np.max(diff)):.3g}")
-        elif not np.array_equal(got_np, ref_np):
-            problems.append(f"{name}: {got_np} vs {ref_np}")
+    ref_tree, sh_tree = (ref_params, ref_state), (sh_params, sh_state)
+    problems.extend(leaf_mismatches(ref_tree, sh_tree, subject.rtol))
+    compared = len(jax.tree.leaves(ref_tree))
+    max_abs = max(
+        (float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+         for a, b in zip(jax.tree.leaves(ref_tree), jax.tree.leaves(sh_tree), strict=False)
+         if np.issubdtype(np.asarray(a).dtype, np.inexact) and np.size(a)
+         and np.shape(a) == np.shape(b)),
+        default=0.0,
+    )
     return {
         "error": None,
         "problems": problems,

@@ -21,6 +21,10 @@ Field semantics:
   ``optax.apply_if_finite(tx, max_consecutive_errors=...)`` around the transform instead.
 * ``problem_hyperparams``: per-problem overrides of ``hyperparams`` (keys are problem names from
   ``problems.PROBLEMS``), used by the convergence checks only.
+* ``rtol``: how close two computations of the same steps must be (jit vs eager, 8 devices vs
+  one): ``max|a - b| <= 1e-6 + rtol * max|b|`` per leaf. Raise it only for transforms whose state
+  holds results of float32 matrix factorizations (eigh-based roots are accurate to ~1e-5 of the
+  largest entry), and say why.
 * ``steps``: convergence steps per problem (a problem may multiply it, see
   ``Problem.steps_factor``). Keep it small: the whole default suite must stay fast.
 """
@@ -42,6 +46,7 @@ class Subject:
     nan_safe: bool = False
     problem_hyperparams: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
     steps: int = 300
+    rtol: float = 1e-5
 
     def hyperparams_for(self, problem_name: str) -> dict[str, float]:
         """``hyperparams`` with this problem's overrides applied."""
@@ -57,3 +62,48 @@ SUBJECTS: list[Subject] = [
         problem_hyperparams={"rosenbrock": {"learning_rate": 0.2}},
     ),
 ]
+
+
+def _shampoo(learning_rate: float, b1: float, weight_decay: float) -> optax.GradientTransformation:
+    from optlab.shampoo import shampoo
+
+    # Roots every 2 steps from step 1: the contract's problems are tiny, the schedule is not.
+    # eps = 1e-3: the first statistics have rank 1-2, and with a 1e-6 ridge their null space is
+    # amplified so much that float32 round-off (jit vs eager, 1 vs 8 devices) shows at 1e-4.
+    return shampoo(learning_rate, b1=b1, weight_decay=weight_decay, eps=1e-3,
+                   precondition_every=2, start_preconditioning_step=1)
+
+
+def _scale_by_shampoo_then_sgd(learning_rate: float, beta2: float) -> optax.GradientTransformation:
+    from optlab.shampoo import scale_by_shampoo
+
+    # A user's own chain: Shampoo's preconditioning, then optax's SGD with heavy-ball momentum.
+    return optax.chain(
+        scale_by_shampoo(beta2=beta2, eps=1e-3, precondition_every=3,
+                         start_preconditioning_step=1),
+        optax.sgd(learning_rate, momentum=0.9),
+    )
+
+
+SUBJECTS.append(
+    Subject(
+        "shampoo",
+        _shampoo,
+        {"learning_rate": 0.05, "b1": 0.9, "weight_decay": 1e-4},
+        nan_safe=True,  # optax.apply_if_finite inside the alias
+        problem_hyperparams={"rosenbrock": {"learning_rate": 0.2}},
+        rtol=1e-4,  # the state holds float32 eigh roots (see Subject.rtol)
+    )
+)
+SUBJECTS.append(
+    Subject(
+        "scale_by_shampoo_sgd",
+        _scale_by_shampoo_then_sgd,
+        {"learning_rate": 0.01, "beta2": 0.999},
+        # scale_by_shampoo skips non-finite steps itself (ShampooState.skipped_steps), but the
+        # momentum after it would decay on the skipped step: the chain needs apply_if_finite.
+        nan_safe=False,
+        problem_hyperparams={"rosenbrock": {"learning_rate": 0.02}},
+        rtol=1e-4,  # the state holds float32 eigh roots (see Subject.rtol)
+    )
+)
