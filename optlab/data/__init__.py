@@ -1,0 +1,64 @@
+"""Offline data for optlab's experiments: generated tasks, local-file loaders, batching.
+
+Nothing here touches the network, and nothing unpickles. Every task is a :class:`Dataset`
+(``x_train, y_train, x_test, y_test, num_classes, name, info``) of NumPy arrays, so a harness
+can treat them uniformly; :func:`load_dataset` builds one by name.
+
+Offline (no files needed):
+
+* :func:`load_digits` (8x8x1) and :func:`load_digits32` (32x32x1, LeNet-5's input):
+  scikit-learn's bundled 1797 handwritten digits (needs the ``[lab]`` extra);
+* :func:`make_logistic_regression`: seed 001's strongly convex logistic regression
+  (m = 200, n = 10, mu = 1), with :func:`logistic_regression_objective` and
+  :func:`solve_logistic_regression`;
+* :func:`make_zipf_tagging`: token tagging with Zipf-distributed tokens (for the LSTM);
+* :func:`make_modular_arithmetic`: ``x o y mod p`` as ``[x, op, y, =]`` sequences (grokking).
+
+From a local directory the user names (never downloaded): :func:`load_mnist` (IDX files,
+optionally ``.gz``) and :func:`load_cifar10` (the binary version). Malformed files raise
+``ValueError`` and missing ones ``FileNotFoundError``, naming the file.
+
+Batching: :func:`batch_iterator` (seeded shuffling per epoch, ``drop_remainder``, epochs).
+"""
+
+from optlab.data.base import Dataset, standardize, train_test_split
+from optlab.data.batching import batch_iterator, epoch_permutation, num_batches
+from optlab.data.cifar import CIFAR10_CLASSES, load_cifar10, read_cifar_binary
+from optlab.data.digits import load_digits, load_digits32, resize_bilinear
+from optlab.data.mnist import load_mnist, read_idx
+from optlab.data.registry import DATASET_NAMES, load_dataset
+from optlab.data.synthetic import (
+    MODULAR_OPS,
+    logistic_regression_objective,
+    make_logistic_regression,
+    make_modular_arithmetic,
+    make_zipf_tagging,
+    solve_logistic_regression,
+    zipf_probabilities,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASET_NAMES",
+    "MODULAR_OPS",
+    "Dataset",
+    "batch_iterator",
+    "epoch_permutation",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_digits32",
+    "load_mnist",
+    "logistic_regression_objective",
+    "make_logistic_regression",
+    "make_modular_arithmetic",
+    "make_zipf_tagging",
+    "num_batches",
+    "read_cifar_binary",
+    "read_idx",
+    "resize_bilinear",
+    "solve_logistic_regression",
+    "standardize",
+    "train_test_split",
+    "zipf_probabilities",
+]
