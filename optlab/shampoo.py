@@ -298,10 +298,14 @@ def scale_by_shampoo(
 
         decay = jnp.asarray(beta2, jnp.float32)
         weight = jnp.where(decay == 1.0, 1.0, 1.0 - decay)
+        # On a skipped step (zeroed leaves) decay 1 and weight 0 leave the statistics bit-exact,
+        # without another pass over the (large) buffer to select the old values.
+        decay, weight = jnp.where(finite, decay, 1.0), jnp.where(finite, weight, 0.0)
         stats = _update_statistics(state.stats, blocks, merged, layout, decay, weight)
 
         count = state.count
         due = jnp.logical_and(count >= start, (count - start) % precondition_every == 0)
+        due = jnp.logical_and(due, finite)
         roots, rejected = jax.lax.cond(
             due,
             lambda: _compute_roots(stats, state.roots, layout, eps, eps_floor, root_method,
@@ -328,14 +332,11 @@ def scale_by_shampoo(
             result = jnp.where(use_shampoo, direction, g).reshape(plan.shape)
             out.append(jnp.where(finite, result, 0.0).astype(x.dtype))
 
-        def keep_if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
         new_state = ShampooState(
             count=jnp.where(finite, optax.safe_increment(count), count),
-            stats=keep_if_finite(stats, state.stats),
-            roots=keep_if_finite(roots, state.roots),
-            graft=keep_if_finite(graft_state, state.graft),
+            stats=stats,
+            roots=roots,
+            graft=jax.tree.map(lambda n, o: jnp.where(finite, n, o), graft_state, state.graft),
             rejected_roots=state.rejected_roots + jnp.where(finite, rejected, 0),
             skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32),
         )

@@ -64,6 +64,24 @@ SUBJECTS: list[Subject] = [
 ]
 
 
+def _sam_adamw(rho: float, learning_rate: float) -> optax.GradientTransformation:
+    from optlab.sam import sam_perturb  # not re-exported from optlab yet
+
+    return optax.chain(sam_perturb(rho), optax.adamw(learning_rate))
+
+
+SUBJECTS.append(
+    Subject(
+        "sam_adamw",
+        _sam_adamw,
+        {"rho": 0.05, "learning_rate": 0.05},
+        needs_grad_fn=True,
+        # Across the banana valley the curvature is ~1e3: with rho = 0.05 SAM stalls at loss ~0.4.
+        problem_hyperparams={"rosenbrock": {"learning_rate": 0.2, "rho": 0.005}},
+    )
+)
+
+
 def _shampoo(learning_rate: float, b1: float, weight_decay: float) -> optax.GradientTransformation:
     from optlab.shampoo import shampoo
 

@@ -1,0 +1,407 @@
+"""Tests for optlab.sam: e_hat against numpy references, one exact SAM step, edge cases and
+composition with optax (chain, jit, inject_hyperparams, MultiSteps, apply_if_finite)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optlab import _tree
+from optlab.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _random_tree(rng: np.random.Generator, dtype=np.float64) -> dict:
+    return {
+        "dense": {
+            "w": rng.normal(size=(3, 4)).astype(dtype),
+            "b": rng.normal(size=4).astype(dtype),
+        },
+        "scale": rng.normal(size=()).astype(dtype),
+    }
+
+
+def _flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def _e_ref(
+    g: np.ndarray, rho: float, p: float, w: np.ndarray | None = None, eta: float = 0.01
+) -> np.ndarray:
+    """Independent float64 reference: eq. 2 of Foret et al. (ASAM: T e_hat(T g))."""
+    t = np.ones_like(g) if w is None else np.abs(w) + eta
+    g = t * g
+    if p == math.inf:
+        e = rho * np.sign(g)
+    elif p == 1:
+        top = np.abs(g) == np.abs(g).max()
+        e = rho * np.sign(g) * top / top.sum()
+    else:
+        q = p / (p - 1)
+        e = rho * np.sign(g) * np.abs(g) ** (q - 1) / np.sum(np.abs(g) ** q) ** (1 / p)
+    return t * e
+
+
+def _identity_grad_fn(params):
+    # grad_fn(w) = w, so sam_perturb's output is params + e_hat: reads e_hat off the transform.
+    return params
+
+
+@pytest.mark.parametrize("p", [2, math.inf, 1.5, 3.0, 1])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_e_hat_matches_numpy_reference(x64, p, adaptive):
+    rng = np.random.default_rng(0)
+    g, w = _random_tree(rng), _random_tree(rng)
+    rho = 0.07
+    tx = sam_perturb(rho=rho, p=p, adaptive=adaptive)
+    out, _ = jax.jit(lambda g, s, w: tx.update(g, s, w, grad_fn=_identity_grad_fn))(
+        g, tx.init(w), w
+    )
+    e = _flat(out) - _flat(w)
+    expected = _e_ref(_flat(g), rho, p, _flat(w) if adaptive else None)
+    np.testing.assert_allclose(e, expected, rtol=1e-10, atol=1e-14)
+    # The direct helper agrees with the transform.
+    e_direct, ok = sam_perturbation(g, w, rho=rho, p=p, adaptive=adaptive)
+    assert bool(ok)
+    np.testing.assert_allclose(_flat(e_direct), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("p", [1.2, 1.5, 2, 4.0, math.inf])
+def test_e_hat_solves_the_linearized_problem(x64, p):
+    # ||e||_p = rho and <e, g> = rho ||g||_q (Hoelder is tight): e maximizes e.g on the ball.
+    g = np.random.default_rng(1).normal(size=50)
+    rho = 0.3
+    e = np.asarray(sam_perturbation(jnp.asarray(g), rho=rho, p=p)[0])
+    q = 1.0 if p == math.inf else p / (p - 1)
+    np.testing.assert_allclose(np.linalg.norm(e, ord=p), rho, rtol=1e-10)
+    np.testing.assert_allclose(e @ g, rho * np.linalg.norm(g, ord=q), rtol=1e-10)
+
+
+def test_p1_splits_over_ties():
+    e, _ = sam_perturbation(jnp.array([1.0, -3.0, 3.0, 0.5]), rho=1.0, p=1)
+    np.testing.assert_allclose(np.asarray(e), [0.0, -0.5, 0.5, 0.0])
+
+
+def test_general_p_has_no_overflow_in_float32():
+    # |g|^q with q = 11 overflows float32 for |g| = 1e4; e_hat is scale invariant.
+    g = jnp.array([1e4, -2e4, 5e3], jnp.float32)
+    e = np.asarray(sam_perturbation(g, rho=1.0, p=1.1)[0], np.float64)
+    np.testing.assert_allclose(e, _e_ref(np.asarray(g, np.float64), 1.0, 1.1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("p,adaptive", [(2, False), (math.inf, False), (2, True), (1.5, True)])
+def test_one_sam_sgd_step_on_a_quadratic_is_exact(x64, p, adaptive):
+    # L(w) = 0.5 w^T A w - b^T w over a tree; w+ = w - lr * grad L(w + e_hat), in numpy.
+    rng = np.random.default_rng(2)
+    params = _random_tree(rng)
+    flat0, unravel = jax.flatten_util.ravel_pytree(params)
+    n = flat0.size
+    m = rng.normal(size=(n, n))
+    a, b = m @ m.T / n + np.eye(n), rng.normal(size=n)
+    lr, rho = 0.1, 0.05
+
+    def loss(tree):
+        w = jax.flatten_util.ravel_pytree(tree)[0]
+        return 0.5 * w @ (a @ w) - b @ w
+
+    tx = optax.chain(sam_perturb(rho=rho, p=p, adaptive=adaptive), optax.sgd(lr))
+
+    @jax.jit
+    def step(params, state):
+        u, state = tx.update(jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
+        return optax.apply_updates(params, u), state
+
+    new, _ = step(params, tx.init(params))
+    w = np.asarray(flat0)
+    g = a @ w - b
+    e = _e_ref(g, rho, p, w if adaptive else None)
+    expected = w - lr * (a @ (w + e) - b)
+    np.testing.assert_allclose(_flat(new), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_one_step_float32_matches_float64_reference():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=8)
+    a = np.diag(np.arange(1.0, 9.0))
+    lr, rho = 0.1, 0.05
+
+    def loss(w):
+        return 0.5 * w @ (jnp.asarray(a, jnp.float32) @ w)
+
+    tx = sam(optax.sgd(lr), rho=rho)
+    w32 = jnp.asarray(w, jnp.float32)
+    u, _ = tx.update(jax.grad(loss)(w32), tx.init(w32), w32, grad_fn=jax.grad(loss))
+    g = a @ w
+    expected = w - lr * (a @ (w + rho * g / np.linalg.norm(g)))
+    np.testing.assert_allclose(np.asarray(optax.apply_updates(w32, u)), expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("p", [2, math.inf, 1.5, 1])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_zero_gradient_gives_no_perturbation_and_no_nan(p, adaptive):
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    tx = sam_perturb(rho=0.1, p=p, adaptive=adaptive)
+    out, _ = jax.jit(lambda g, s, w: tx.update(g, s, w, grad_fn=_identity_grad_fn))(
+        zeros, tx.init(params), params
+    )
+    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_non_finite_gradient_gives_nan_output_and_apply_if_finite_skips():
+    params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array(0.5)}
+    bad = {"w": jnp.array([1.0, jnp.nan, 3.0]), "b": jnp.array(1.0)}
+
+    def grad_fn(p):  # finite everywhere: the NaN must come from the incoming gradient
+        return jax.tree.map(lambda x: 2.0 * x, p)
+
+    for p in (2, math.inf, 1.5):
+        tx = sam_perturb(rho=0.1, p=p)
+        out, _ = jax.jit(lambda g, tx=tx: tx.update(g, tx.init(params), params, grad_fn=grad_fn))(
+            bad
+        )
+        assert all(bool(jnp.all(jnp.isnan(v))) for v in jax.tree.leaves(out))
+
+    for opt in (
+        optax.apply_if_finite(sam(optax.sgd(0.1), rho=0.1), 3),
+        sam(optax.apply_if_finite(optax.sgd(0.1), 3), rho=0.1),  # sees SAM's NaN output
+    ):
+        state = opt.init(params)
+        u, state = jax.jit(lambda g, s, opt=opt: opt.update(g, s, params, grad_fn=grad_fn))(
+            bad, state
+        )
+        assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
+        inner = state if hasattr(state, "notfinite_count") else state[1]
+        assert int(inner.notfinite_count) == 1
+
+
+def test_tree_global_norms_match_numpy():
+    tree = {"a": jnp.array([[3.0, -4.0]]), "b": jnp.array([1.0, -12.0], jnp.bfloat16)}
+    flat = np.array([3.0, -4.0, 1.0, -12.0])
+    for order in (1, 2, 3.0, math.inf):
+        np.testing.assert_allclose(
+            float(_tree.global_norm(tree, order)), np.linalg.norm(flat, order), rtol=1e-6
+        )
+    assert float(_tree.global_norm({}, 2)) == 0.0
+    assert _tree.global_norm(tree, 2).dtype == jnp.float32  # bfloat16 leaves reduce in f32
+
+
+def test_inf_gradient_also_passes_through():
+    g = jnp.array([jnp.inf, 1.0])
+    for p in (2, math.inf, 1.5):
+        e, ok = sam_perturbation(g, rho=0.1, p=p)
+        assert not bool(ok)
+        np.testing.assert_array_equal(np.asarray(e), [0.0, 0.0])
+
+
+def test_missing_grad_fn_or_params_raises_at_trace_time():
+    params = jnp.ones(3)
+    tx = optax.chain(sam_perturb(0.05), optax.sgd(0.1))
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="grad_fn"):
+        jax.jit(lambda g, s, p: tx.update(g, s, p))(params, state, params)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, state, None, grad_fn=_identity_grad_fn)
+
+
+def test_grad_fn_with_wrong_structure_raises():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    tx = sam_perturb(0.05)
+    with pytest.raises(ValueError, match="structure"):
+        tx.update(params, tx.init(params), params, grad_fn=lambda p: p["a"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"rho": -0.1}, "rho"),
+        ({"rho": math.inf}, "rho"),
+        ({"rho": math.nan}, "rho"),
+        ({"rho": "0.1"}, "rho"),
+        ({"rho": True}, "rho"),
+        ({"rho": np.ones(2)}, "rho"),
+        ({"p": 0.5}, "p"),
+        ({"p": 0}, "p"),
+        ({"p": math.nan}, "p"),
+        ({"p": "inf"}, "p"),
+        ({"eta": -1.0}, "eta"),
+        ({"adaptive": "yes"}, "adaptive"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sam_perturb(**kwargs)
+    if name != "adaptive":
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            sam(optax.sgd(0.1), **kwargs)
+
+
+def test_accepts_numpy_and_jax_scalars():
+    for rho in (np.float32(0.1), jnp.asarray(0.1), 0, 1):
+        sam_perturb(rho=rho, p=jnp.asarray(2.0))
+
+
+def test_state_is_an_empty_namedtuple():
+    state = sam_perturb().init({"w": jnp.ones(3)})
+    assert isinstance(state, SAMPerturbState) and state == SAMPerturbState()
+
+
+def test_chain_under_jit_with_adamw_does_not_retrace():
+    def loss(p, x):
+        return jnp.mean((x @ p["w"] + p["b"]) ** 2)
+
+    params = {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}
+    tx = optax.chain(sam_perturb(0.05), optax.adamw(1e-2))
+    traces = []
+
+    @jax.jit
+    def step(params, state, x):
+        traces.append(1)
+        g = jax.grad(loss)(params, x)
+        u, state = tx.update(g, state, params, grad_fn=jax.grad(lambda p: loss(p, x)))
+        return optax.apply_updates(params, u), state
+
+    state = tx.init(params)
+    x = jnp.ones((8, 4))
+    for i in range(3):
+        params, state = step(params, state, x * (i + 1))
+    assert len(traces) == 1
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params))
+
+
+def test_inject_hyperparams_rho_is_injectable_and_matches_fixed_rho():
+    def loss(w):
+        return jnp.sum(jnp.cos(w) * jnp.arange(1.0, 4.0))
+
+    w = jnp.array([0.3, -0.2, 1.0])
+    inj = optax.inject_hyperparams(sam_perturb)(rho=0.05)  # p, eta become traced too
+
+    @jax.jit
+    def run(state):
+        return inj.update(jax.grad(loss)(w), state, w, grad_fn=jax.grad(loss))
+
+    state = inj.init(w)
+    state.hyperparams["rho"] = jnp.asarray(0.2)
+    out, state = run(state)
+    ref = sam_perturb(rho=0.2)
+    want, _ = ref.update(jax.grad(loss)(w), ref.init(w), w, grad_fn=jax.grad(loss))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-6)
+    assert float(state.hyperparams["rho"]) == pytest.approx(0.2)
+
+    # static p keeps the direct paths; traced p = inf agrees with the direct p = inf path.
+    inj_static = optax.inject_hyperparams(sam_perturb, static_args=("p",))(rho=0.1, p=2)
+    inj_inf = optax.inject_hyperparams(sam_perturb)(rho=0.1, p=math.inf)
+    out_inf, _ = jax.jit(
+        lambda s: inj_inf.update(jax.grad(loss)(w), s, w, grad_fn=_identity_grad_fn)
+    )(inj_inf.init(w))
+    np.testing.assert_allclose(
+        np.asarray(out_inf - w), 0.1 * np.sign(np.asarray(jax.grad(loss)(w))), rtol=1e-5
+    )
+    out_s, _ = jax.jit(
+        lambda s: inj_static.update(jax.grad(loss)(w), s, w, grad_fn=jax.grad(loss))
+    )(inj_static.init(w))
+    np.testing.assert_allclose(
+        np.asarray(out_s),
+        np.asarray(
+            sam_perturb(0.1).update(
+                jax.grad(loss)(w), SAMPerturbState(), w, grad_fn=jax.grad(loss)
+            )[0]
+        ),
+        rtol=1e-6,
+    )
+
+
+def test_inject_hyperparams_rejects_bad_rho_at_init():
+    with pytest.raises(ValueError, match="`rho`"):
+        optax.inject_hyperparams(sam_perturb)(rho=-1.0).init(jnp.ones(2))
+
+
+def test_multisteps_composition_averages_per_microbatch_sam_gradients():
+    def loss(w, x):
+        return jnp.sum((w * x) ** 2)
+
+    w = jnp.array([1.0, -1.0, 0.5])
+    xs = [jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, -1.0, 2.0])]
+    rho, lr = 0.1, 0.1
+    tx = optax.chain(sam_perturb(rho), optax.MultiSteps(optax.sgd(lr), 2).gradient_transformation())
+    state = tx.init(w)
+    total = jnp.zeros_like(w)
+    for x in xs:
+        gf = jax.grad(lambda v, x=x: loss(v, x))
+        u, state = jax.jit(lambda g, s, gf=gf: tx.update(g, s, w, grad_fn=gf))(gf(w), state)
+        total = total + u
+    sam_grads = []
+    for x in xs:
+        gf = jax.grad(lambda v, x=x: loss(v, x))
+        e = rho * gf(w) / jnp.linalg.norm(gf(w))
+        sam_grads.append(gf(w + e))
+    np.testing.assert_allclose(
+        np.asarray(total), -lr * np.mean(np.asarray(sam_grads), 0), rtol=1e-6
+    )
+    # The other nesting also runs (perturbs with the running mean gradient).
+    outer = optax.MultiSteps(sam(optax.sgd(lr), rho=rho), 2)
+    s = outer.init(w)
+    gf = jax.grad(lambda v: loss(v, xs[0]))
+    for _ in range(2):
+        u, s = outer.update(gf(w), s, w, grad_fn=gf)
+    assert bool(jnp.all(jnp.isfinite(u)))
+
+
+def test_other_extra_args_are_tolerated_and_low_precision_keeps_dtype():
+    params = {"w": jnp.array([1.0, -2.0], jnp.bfloat16)}
+    tx = sam(optax.sgd(0.1), rho=0.05)
+    g = {"w": jnp.array([0.5, 0.25], jnp.bfloat16)}
+    u, _ = tx.update(g, tx.init(params), params, grad_fn=_identity_grad_fn, value=jnp.ones(()))
+    assert u["w"].dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(u["w"].astype(jnp.float32))))
+
+
+def test_batchnorm_pattern_leaves_running_stats_to_the_clean_pass():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 4, rngs=rngs)
+            self.bn = nnx.BatchNorm(4, momentum=0.5, rngs=rngs)
+            self.out = nnx.Linear(4, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.bn(self.lin(x))))
+
+    graphdef, params, rest = nnx.split(Net(nnx.Rngs(0)), nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(1), (16, 3)) + 2.0  # off-centre: kernel moves mean
+    tx = sam(optax.sgd(0.1), rho=2.0)
+
+    def loss(p, rest):
+        m = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables: safe under jax.grad
+        return jnp.mean((m(x) - 1.0) ** 2), nnx.state(m, nnx.Not(nnx.Param))
+
+    @jax.jit
+    def step(params, rest, opt_state):
+        (_, new_rest), g = jax.value_and_grad(loss, has_aux=True)(params, rest)
+        grad_fn = jax.grad(lambda p: loss(p, rest)[0])  # perturbed pass: stats discarded
+        u, opt_state = tx.update(g, opt_state, params, grad_fn=grad_fn)
+        # What a stateful perturbed forward pass would have left in the running stats:
+        e_hat, _ = sam_perturbation(g, rho=2.0)
+        _, perturbed = loss(jax.tree.map(lambda w, e: w + e, params, e_hat), rest)
+        return optax.apply_updates(params, u), new_rest, perturbed, loss(params, rest)[1]
+
+    _, new_rest, perturbed, clean = step(params, rest, tx.init(params))
+    for a, b in zip(jax.tree.leaves(new_rest), jax.tree.leaves(clean), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    diff = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(new_rest), jax.tree.leaves(perturbed), strict=True)
+    )
+    assert diff > 1e-3  # the test would notice stats from the perturbed pass
