@@ -305,6 +305,18 @@ def check_inject_hyperparams(subject: Subject) -> None:
     )
 
 
+def is_masked(x: Any) -> bool:
+    """``optax.MaskedNode``: what ``optax.masked`` / ``optax.partition`` leave in a state where a
+    parameter is masked out. ``optax.tree.map_params`` needs ``is_leaf=is_masked`` to map such
+    states (optax documents this for ``optax.masked``)."""
+    return isinstance(x, optax.MaskedNode)
+
+
+def skip_masked(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` for ``map_params(..., is_leaf=is_masked)``: masked-out positions stay masked."""
+    return lambda x, *rest: x if is_masked(x) else f(x, *rest)
+
+
 # -- 4. tree_map_params -------------------------------------------------------------------------
 def check_tree_map_params(subject: Subject) -> None:
     """``optax.tree.map_params`` runs on the state, keeps its structure, and only maps
@@ -317,14 +329,17 @@ def check_tree_map_params(subject: Subject) -> None:
     param_shapes = {tuple(x.shape) for x in jax.tree.leaves(params)}
 
     try:
-        identity = optax.tree.map_params(tx, lambda x: x, state)
-        cast = optax.tree.map_params(tx, lambda x: x.astype(jnp.bfloat16), state)
+        identity = optax.tree.map_params(tx, skip_masked(lambda x: x), state, is_leaf=is_masked)
+        cast = optax.tree.map_params(
+            tx, skip_masked(lambda x: x.astype(jnp.bfloat16)), state, is_leaf=is_masked
+        )
         specs = optax.tree.map_params(
             tx,
-            lambda _, spec: spec,
+            skip_masked(lambda _, spec: spec),
             state,
             jax.tree.map(lambda x: f"spec{x.shape}", params),
             transform_non_params=lambda _: "non-param",
+            is_leaf=is_masked,
         )
     except Exception as err:  # report any failure as a contract violation
         raise AssertionError(

@@ -49,9 +49,11 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from tests.contract.checks import (  # noqa: E402
     CLEAN,
+    is_masked,
     leaf_mismatches,
     make_step,
     plain_tx,
+    skip_masked,
 )
 from tests.contract.problems import MIXED  # noqa: E402
 from tests.contract.subjects import SUBJECTS, Subject  # noqa: E402
@@ -77,7 +79,12 @@ def run_subject(subject: Subject, mesh: Mesh) -> dict[str, Any]:
     param_sh = {k: NamedSharding(mesh, PARAM_SPECS[k]) for k in params}
     abstract_state = jax.eval_shape(tx.init, params)
     state_sh = optax.tree.map_params(
-        tx, lambda _, s: s, abstract_state, param_sh, transform_non_params=lambda _: replicated
+        tx,
+        skip_masked(lambda _, s: s),
+        abstract_state,
+        param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=is_masked,
     )
     sh_params = jax.device_put(params, param_sh)
     sh_state = jax.jit(tx.init, out_shardings=state_sh)(sh_params)
