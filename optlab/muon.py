@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optlab.linalg._ordering import after
 from optlab.linalg.orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize
 
 __all__ = [
@@ -421,11 +422,16 @@ def _orthogonalize_tree(
     leaf_coefficients = auto_coefficients(method, coefficients)
 
     outs: list[jax.Array | None] = [None] * len(mats)
+    previous_svd = None
     for (_, _, _, leaf_method), members in groups.items():
         stacked = (mats[members[0]] if len(members) == 1
                    else jnp.concatenate([mats[i] for i in members], axis=0))
+        if leaf_method == "svd":  # one LAPACK call after the other (linalg._ordering)
+            stacked = after(stacked, previous_svd)
         ortho = orthogonalize(stacked, method=leaf_method, steps=steps,
                               coefficients=leaf_coefficients, compute_dtype=compute_dtype)
+        if leaf_method == "svd":
+            previous_svd = ortho
         offset = 0
         for i in members:
             n = mats[i].shape[0]

@@ -60,6 +60,7 @@ import optax
 
 from optlab import linalg
 from optlab._shampoo_layout import Kind, Layout, make_layout
+from optlab.linalg._ordering import after
 
 GRAFTING = ("none", "sgd", "adagrad", "rmsprop", "adam")
 ROOT_METHODS = linalg.INVERSE_ROOT_METHODS
@@ -365,9 +366,13 @@ def _update_statistics(stats, blocks, merged, layout: Layout, decay, weight):
 
 def _compute_roots(stats, roots, layout: Layout, eps, eps_floor, method, threshold):
     parts, rejected = [], jnp.zeros([], jnp.int32)
+    previous = None
     for gi, group in enumerate(layout.groups):
-        new = linalg.inverse_root(_group_view(stats, layout, gi), group.p, eps=eps,
-                                  eps_floor=eps_floor, method=method, return_error=True)
+        # One group after the other: concurrent batched LAPACK calls can deadlock on CPU.
+        matrices = after(_group_view(stats, layout, gi), previous)
+        new = linalg.inverse_root(matrices, group.p, eps=eps, eps_floor=eps_floor, method=method,
+                                  return_error=True)
+        previous = new.root
         ok = new.error <= threshold  # False for NaN / inf
         old = _group_view(roots, layout, gi)
         parts.append(jnp.where(ok[:, None, None], new.root, old).ravel())

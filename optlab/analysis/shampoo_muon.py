@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from optlab.linalg import inverse_root
+from optlab.linalg._ordering import after
 
 
 class ShampooMuonFactors(NamedTuple):
@@ -157,9 +158,11 @@ def _decompose(m, left_stat, right_stat, eps, eps_floor, *, p, root_method):
     def root(a):
         return inverse_root(a, p, eps=eps, eps_floor=eps_floor, method=root_method)
 
+    # One LAPACK call after the other: concurrent batched ones can deadlock on CPU
+    # (optlab.linalg._ordering).
     left_root = root(left_stat)
-    right_root = root(right_stat)
-    u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+    right_root = root(after(right_stat, left_root))
+    u, s, vt = jnp.linalg.svd(after(m, right_root), full_matrices=False)
     tol = jnp.max(s, axis=-1, keepdims=True) * max(rows, cols) * jnp.finfo(dtype).eps
     keep = (s > tol).astype(dtype)
     orthogonal = _matmul(u * keep[..., None, :], vt)
