@@ -29,7 +29,7 @@ Distributed Shampoo) but as one plain optax transform:
   (``"sgd"``: the gradient itself; ``"adagrad"``; ``"rmsprop"``; ``"adam"``: bias-corrected
   RMSProp, i.e. Adam's second moment only, momentum being applied after Shampoo), or
   ``"none"`` for raw Shampoo.
-* **Safe roots.** A new root whose residual ``max|X^p S - I|`` is above
+* **Safe roots.** A new root whose residual estimate ``||X^p S - I||`` is above
   ``root_error_threshold`` or not finite is rejected and the previous one kept;
   ``ShampooState.rejected_roots`` counts rejections so users can log them. Roots start at ``I``.
 * **Safe steps.** A gradient with a NaN or Inf is skipped: zero update, statistics and grafting
@@ -214,7 +214,7 @@ def scale_by_shampoo(
     graft_beta2: float = 0.999,
     graft_eps: float = 1e-8,
     root_method: str = "auto",
-    root_error_threshold: float = 1.0,
+    root_error_threshold: float = 4.0,
     eps_floor: float = 1e-30,
 ) -> optax.GradientTransformation:
     r"""Scale updates by Shampoo's Kronecker-factored preconditioner (see the module docstring).
@@ -234,11 +234,12 @@ def scale_by_shampoo(
       graft_beta2, graft_eps: second-moment decay and epsilon of the grafting optimizer.
       root_method: passed to :func:`optlab.linalg.inverse_root` (``"auto"``, ``"eigh"``,
         ``"newton"``).
-      root_error_threshold: a new root with residual ``max|X^p S - I|`` above this is rejected
-        (``> 0``). Float32 roots of statistics regularized with ``eps = 1e-6`` have residuals of
-        about 0.05 (eigh) to 0.5 (coupled Newton) when they are right, because the smallest
-        eigenvalues are resolved only to float32 round-off; the default 1.0 rejects roots that
-        are badly wrong (eigh that failed, a diverged iteration), and non-finite ones always.
+      root_error_threshold: a new root whose residual estimate ``||X^p S - I||``
+        (:func:`optlab.linalg.residual`) is above this is rejected (``> 0``). Correct float32
+        roots of rank-deficient statistics regularized with ``eps = 1e-6`` show residuals up to
+        about 1, because their smallest eigenvalues are resolved only to float32 round-off; the
+        default 4.0 rejects roots that are badly wrong (a failed eigh, a diverged iteration),
+        and non-finite ones always.
       eps_floor: absolute ridge floor (keeps an all-zero statistic invertible).
 
     Returns:
