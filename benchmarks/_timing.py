@@ -18,6 +18,9 @@ Timing rules (the same for every script that uses this module):
   stops the repeats early (after at least ``min_repeats``) so that slow cases stay affordable,
   and ``min_seconds`` adds runs to fast cases. A median (not a mean, not a minimum) keeps the
   result stable against the occasional descheduled run on a shared machine.
+* On a shared machine, ``time_fn_quiet`` measures the cores other processes kept busy
+  (``OtherCpuLoad``, from ``/proc/stat``), waits for a quiet moment and measures again when they
+  disturbed the measurement, and reports the disturbance with the timing.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,27 +93,49 @@ def time_fn(
     return median, compile_s
 
 
+class QuietTiming(NamedTuple):
+    """What :func:`time_fn_quiet` returns."""
+
+    seconds: float  # median of the kept attempt
+    compile_seconds: float  # from the first attempt (later ones may hit JAX's cache)
+    other_cores: float  # cores other processes kept busy during the kept attempt
+    waited_seconds: float  # time spent waiting for the machine to quieten
+
+
+def wait_for_quiet(max_other_cores: float = 0.25, timeout: float = 60.0,
+                   sample: float = 2.0) -> float:
+    """Sleep until other processes use at most ``max_other_cores`` for one ``sample`` (seconds),
+    or until ``timeout``; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        with OtherCpuLoad() as load:
+            time.sleep(sample)
+        if not load.cores > max_other_cores:
+            break
+    return time.perf_counter() - t0
+
+
 def time_fn_quiet(
     fn: Callable[..., Any],
     *args: Any,
     max_other_cores: float = 0.25,
     attempts: int = 3,
-    pause: float = 2.0,
+    max_wait: float = 30.0,
     **kwargs: Any,
-) -> tuple[float, float, float]:
-    """:func:`time_fn`, retried while other processes load the machine.
+) -> QuietTiming:
+    """:func:`time_fn`, repeated while other processes load the machine.
 
     Measures how many cores other processes kept busy during the measurement
-    (:class:`OtherCpuLoad`); above ``max_other_cores`` it waits ``pause`` seconds and measures
-    again, up to ``attempts`` times, and keeps the least disturbed attempt. Returns
-    ``(median_seconds, compile_seconds, other_cores)``; the compile time is the first
-    attempt's (later ones may hit JAX's compilation cache).
+    (:class:`OtherCpuLoad`). Above ``max_other_cores`` it waits (up to ``max_wait`` seconds,
+    :func:`wait_for_quiet`) and measures again, up to ``attempts`` times in all, and keeps the
+    least disturbed attempt. ``kwargs`` go to :func:`time_fn`.
     """
     best: tuple[float, float] | None = None
     first_compile = math.nan
+    waited = 0.0
     for attempt in range(max(attempts, 1)):
         if attempt:
-            time.sleep(pause)
+            waited += wait_for_quiet(max_other_cores, max_wait)
         with OtherCpuLoad() as load:
             median, compile_s = time_fn(fn, *args, **kwargs)
         if attempt == 0:
@@ -121,23 +146,26 @@ def time_fn_quiet(
         if other <= max_other_cores:
             break
     assert best is not None
-    return best[0], first_compile, best[1]
+    return QuietTiming(best[0], first_compile, best[1], waited)
 
 
 def matmul_rate(n: int = 2048, dtype: Any = jnp.float32, repeats: int = 7,
-                warmup: int = 2, attempts: int = 3) -> float:
+                warmup: int = 2, attempts: int = 3, max_wait: float = 10.0,
+                details: bool = False) -> float | tuple[float, QuietTiming]:
     """This machine's measured ``n x n @ n x n`` matmul rate in GFLOP/s (``2 n^3`` FLOPs).
 
-    Median of ``repeats`` jitted runs, retried (:func:`time_fn_quiet`) while other processes
-    load the machine.
+    Median of ``repeats`` jitted runs, retried (:func:`time_fn_quiet`, waiting up to
+    ``max_wait`` seconds before each retry) while other processes load the machine. With
+    ``details=True`` returns ``(gflops, QuietTiming)`` (how disturbed the kept measurement was).
     """
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), dtype)
     b = jax.random.normal(kb, (n, n), dtype)
     mm = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
-    seconds, _, _ = time_fn_quiet(mm, a, b, attempts=attempts, repeats=repeats, warmup=warmup,
-                                  max_seconds=None)
-    return 2.0 * n**3 / seconds / 1e9
+    timing = time_fn_quiet(mm, a, b, attempts=attempts, max_wait=max_wait, repeats=repeats,
+                           warmup=warmup, max_seconds=None)
+    gflops = 2.0 * n**3 / timing.seconds / 1e9
+    return (gflops, timing) if details else gflops
 
 
 def machine_info() -> dict[str, str]:

@@ -52,40 +52,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import format_seconds, machine_info, markdown_table, matmul_rate  # noqa: E402
+from _workloads import (  # noqa: E402
+    D_MLP,
+    D_MODEL,
+    random_like,
+    transformer_params,
+)
 
 from optlab.linalg import default_steps, orthogonality_error  # noqa: E402
 from optlab.muon import muon, muon_labels, resolve_method, scale_by_muon  # noqa: E402
 
-VOCAB, D_MODEL, D_MLP, N_BLOCKS = 8192, 512, 2048, 4
 LR = 0.02
-
-
-def transformer_params(vocab: int = VOCAB, d: int = D_MODEL, d_mlp: int = D_MLP,
-                       n_blocks: int = N_BLOCKS) -> dict[str, Any]:
-    def norm() -> dict[str, jax.Array]:
-        return {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
-
-    def dense(m: int, n: int) -> dict[str, jax.Array]:
-        return {"kernel": jnp.zeros((m, n))}
-
-    params: dict[str, Any] = {"embed": {"embedding": jnp.zeros((vocab, d))}}
-    for i in range(n_blocks):
-        params[f"block_{i}"] = {
-            "ln1": norm(),
-            "attn": {name: dense(d, d) for name in ("query", "key", "value", "out")},
-            "ln2": norm(),
-            "mlp": {"up": dense(d, d_mlp), "down": dense(d_mlp, d)},
-        }
-    params["final_norm"] = norm()
-    params["lm_head"] = dense(d, vocab)
-    return params
-
-
-def random_like(tree: Any, seed: int, scale: float = 1.0) -> Any:
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [
-        scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
 
 
 def optax_muon_like_optlab(params: Any) -> optax.GradientTransformation:
