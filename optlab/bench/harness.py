@@ -269,7 +269,7 @@ def _fmt(x: float | None, spec: str, missing: str = "-") -> str:
 def _fmt_seconds(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
-    return format(x, ".3g" if x < 1 else ".2f" if x < 100 else ".1f")
+    return format(x, ".2g" if x < 0.01 else ".2f" if x < 100 else ".1f")
 
 
 def settings_line(task: Task, ds: Any, settings: runner.RunSettings) -> str:
