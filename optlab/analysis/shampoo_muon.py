@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from optlab.linalg import inverse_root
+from optlab.linalg._ops import matmul as _matmul
 from optlab.linalg._ordering import after
 
 
@@ -62,10 +63,6 @@ class SemiOrthogonality(NamedTuple):
 
     per_step: jax.Array
     running_average: jax.Array
-
-
-def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def _mT(x: jax.Array) -> jax.Array:

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from optlab.linalg._ops import matmul as _matmul
 from optlab.linalg.polar_express import polar_express_steps
 
 Coefficients = Sequence[tuple[float, float, float]]
@@ -56,10 +57,6 @@ NEWTON_SCHULZ_DEFAULT_STEPS = 5
 POLAR_EXPRESS_LOWER_BOUND = 1e-3
 POLAR_EXPRESS_SAFETY = 0.02
 POLAR_EXPRESS_TARGET_ERROR = 1e-2
-
-
-def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def _gram(x: jax.Array) -> jax.Array:
