@@ -27,8 +27,10 @@ __all__ = [
 ]
 
 from optlab.linalg.roots import (  # noqa: E402
+    AUTO_FLOAT32_MAX_CONDITION,
     INVERSE_ROOT_METHODS,
     InverseRoot,
+    condition_estimate,
     inverse_root,
     matrix_power,
     max_eigenvalue_estimate,
@@ -37,8 +39,10 @@ from optlab.linalg.roots import (  # noqa: E402
 )
 
 __all__ += [
+    "AUTO_FLOAT32_MAX_CONDITION",
     "INVERSE_ROOT_METHODS",
     "InverseRoot",
+    "condition_estimate",
     "inverse_root",
     "matrix_power",
     "max_eigenvalue_estimate",

@@ -1,13 +1,24 @@
 """inverse_root against float64 numpy eigh (the exact reference)."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optlab.linalg import inverse_root, matrix_power, max_eigenvalue_estimate
+from optlab.linalg import (
+    AUTO_FLOAT32_MAX_CONDITION,
+    condition_estimate,
+    inverse_root,
+    matrix_power,
+    max_eigenvalue_estimate,
+)
 
-METHODS = ["eigh", "newton", "auto"]
+METHODS = ["eigh", "eigh64", "newton", "auto"]
 
 
 def spd(rng, d, cond):
@@ -52,7 +63,7 @@ def test_no_worse_than_float32_eigh_at_cond_1e6(method, p):
     assert got <= 1.1 * bar + 1e-6, (got, bar)
 
 
-@pytest.mark.parametrize("method", ["eigh", "newton"])
+@pytest.mark.parametrize("method", METHODS)
 def test_batched_equals_looped(method):
     rng = np.random.default_rng(0)
     conds = (1e1, 1e2, 1e3, 1e4, 1e5, 3.0)
@@ -125,6 +136,96 @@ def test_p1_is_the_inverse_and_jit_works():
     f = jax.jit(lambda m: inverse_root(m, 1, eps=0.0, eps_floor=0.0, method="newton"))
     np.testing.assert_allclose(f(jnp.asarray(a, jnp.float32)), np.linalg.inv(a), rtol=1e-4,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("cond", [1e4, 1e6])
+def test_eigh64_is_accurate_where_float32_is_not(cond):
+    a = spd(np.random.default_rng(20), 256, cond)
+    ref = reference(np.asarray(jnp.asarray(a, jnp.float32), np.float64), 4)
+    a32 = jnp.asarray(a, jnp.float32)
+    float32_err = rel_err(inverse_root(a32, 4, method="eigh"), ref)
+    assert float32_err > 1e-5  # what eigh64 and auto improve on
+    assert rel_err(inverse_root(a32, 4, method="eigh64"), ref) <= 1e-6
+    # auto estimates the condition number and takes the float64 path here.
+    assert rel_err(inverse_root(a32, 4, method="auto"), ref) <= 1e-6
+
+
+def test_auto_keeps_float32_for_well_conditioned_matrices():
+    a = spd(np.random.default_rng(21), 256, 10.0)
+    a32 = jnp.asarray(a, jnp.float32)
+    auto = np.asarray(jax.jit(lambda m: inverse_root(m, 4, method="auto"))(a32))
+    np.testing.assert_array_equal(auto, np.asarray(jax.jit(
+        lambda m: inverse_root(m, 4, method="eigh"))(a32)))
+
+
+@pytest.mark.parametrize("cond", [3.0, 50.0, 1e3, 1e4, 1e6])
+def test_condition_estimate_is_a_close_lower_bound(cond):
+    a = spd(np.random.default_rng(22), 256, cond)
+    a32 = jnp.asarray(a, jnp.float32)
+    w = np.linalg.eigvalsh(np.asarray(a32, np.float64))
+    ridge = 1e-6 * w[-1] + 1e-16
+    true = (w[-1] + ridge) / (max(w[0], 0.0) + ridge)
+    est = float(condition_estimate(a32))
+    assert est <= true * 1.001
+    # Close enough to put every matrix on the right side of auto's threshold.
+    assert est >= min(true / 10.0, 2.0 * AUTO_FLOAT32_MAX_CONDITION) or true < 4.0, (est, true)
+
+
+def test_condition_estimate_special_inputs():
+    est = condition_estimate(jnp.stack([jnp.eye(6), jnp.zeros((6, 6)), jnp.eye(6)]))
+    np.testing.assert_allclose(est[:2], [1.0, 1.0], rtol=1e-5)
+    bad = jnp.eye(6).at[1, 2].set(jnp.nan)
+    assert float(condition_estimate(bad)) == np.inf
+
+
+def test_eigh64_under_vmap_and_with_traced_eps():
+    rng = np.random.default_rng(23)
+    stack = jnp.asarray(np.stack([spd(rng, 12, c) for c in (10.0, 1e3, 1e5)]), jnp.float32)
+    batched = inverse_root(stack, 3, eps=1e-4, method="eigh64")
+    mapped = jax.jit(jax.vmap(lambda m, e: inverse_root(m, 3, eps=e, method="eigh64"),
+                              in_axes=(0, None)))(stack, jnp.float32(1e-4))
+    np.testing.assert_allclose(mapped, batched, rtol=1e-6, atol=1e-7)
+    for i in range(3):
+        assert rel_err(batched[i], reference(np.asarray(stack[i], np.float64), 3, eps=1e-4)) < 1e-6
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from optlab.linalg import inverse_root
+    rng = np.random.default_rng(0)
+    mats = []
+    for i in range(8):
+        q, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+        mats.append((q * np.geomspace(1.0, 10.0 ** -(i % 5), 32)) @ q.T)
+    stack = jnp.asarray(np.stack(mats), jnp.float32)
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    sharded = jax.device_put(stack, NamedSharding(mesh, P("batch")))
+    out = {}
+    for method in ("auto", "eigh64", "eigh"):
+        f = jax.jit(lambda m, method=method: inverse_root(m, 4, method=method, return_error=True))
+        got, ref = f(sharded), f(stack)
+        out[method] = [float(jnp.max(jnp.abs(got.root - ref.root))),
+                       float(jnp.max(jnp.abs(ref.root))), len(got.root.sharding.device_set)]
+    print(json.dumps({"devices": jax.device_count(), **out}))
+""")
+
+
+def test_roots_under_8_device_sharding():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8
+    for method in ("auto", "eigh64", "eigh"):
+        diff, scale, _ = result[method]
+        assert diff <= 1e-5 * scale, (method, diff, scale)
 
 
 def test_matrix_power_and_lambda_max():
