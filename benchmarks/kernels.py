@@ -16,8 +16,8 @@ Sections (each a markdown table; the same markdown goes to ``--out``):
    ``time / (FLOPs / matmul rate)`` with their own FLOP count. A step sweep on 1024x4096 looks
    for optlab's fastest configuration that is as accurate as optax's.
 3. Inverse p-th roots of SPD matrices: ``optlab.linalg.inverse_root`` (``auto``, ``eigh``,
-   ``newton``) against precondition-opt's ``matrix_inverse_pth_root`` (coupled Newton, and its
-   ``eigh=True`` variant) and a plain ``jnp.linalg.eigh`` root, with the relative Frobenius
+   ``eigh64``, ``newton``) against precondition-opt's ``matrix_inverse_pth_root`` (coupled Newton,
+   and its ``eigh=True`` variant) and a plain ``jnp.linalg.eigh`` root, with the relative Frobenius
    error against a float64 numpy ``eigh`` reference of ``(a + eps lambda_max I)^{-1/p}``.
 
 Timing: ``benchmarks/_timing.py`` (ahead-of-time compile, ``block_until_ready``, median of
@@ -113,19 +113,6 @@ def optax_newton_schulz(x):
     for _ in range(x.ndim - 2):
         one = jax.vmap(one)
     return one(x)
-
-
-def float64_eigh_root(a, p):
-    """Not an optlab method: float64 LAPACK eigh root via ``jax.pure_callback`` (CPU only)."""
-
-    def host(x):
-        x = np.asarray(x).astype(np.float64)
-        w, v = np.linalg.eigh(0.5 * (x + np.swapaxes(x, -1, -2)))
-        w = np.maximum(w, 0.0)
-        w = w + RIDGE_EPS * w[..., -1:]
-        return ((v * w[..., None, :] ** (-1.0 / p)) @ np.swapaxes(v, -1, -2)).astype(np.float32)
-
-    return jax.pure_callback(host, jax.ShapeDtypeStruct(a.shape, jnp.float32), a)
 
 
 def svd_polar(x):
@@ -370,6 +357,8 @@ class RootConfig:
 
 def root_configs(p, ndim, ds):
     auto = resolve_method("auto")
+    auto_label = ("float32 eigh or float64 eigh64 by condition estimate" if auto == "auto"
+                  else auto)
     configs = []
     if ds is not None:
         # ridge_epsilon is relative to lambda_max (relative_matrix_epsilon=True, its default,
@@ -385,16 +374,14 @@ def root_configs(p, ndim, ds):
 
         configs += [RootConfig("precondition-opt coupled Newton", *pc(False)),
                     RootConfig("precondition-opt eigh=True", *pc(True))]
-    for method in ("auto", "eigh", "newton"):
-        label = f"optlab {method}" + (f" (= {auto})" if method == "auto" else "")
+    for method in ("auto", "eigh", "eigh64", "newton"):
+        label = f"optlab {method}" + (f" (= {auto_label})" if method == "auto" else "")
         kw = dict(p=p, eps=RIDGE_EPS, eps_floor=0.0, method=method)
         configs.append(RootConfig(
             label, jax.jit(functools.partial(inverse_root, **kw)),
             jax.jit(lambda a, kw=kw: inverse_root(a, return_error=True, **kw).error)))
     configs.append(RootConfig("jnp.linalg.eigh root",
                               jax.jit(functools.partial(eigh_root, p=p)), None))
-    configs.append(RootConfig("(idea) float64 numpy eigh via pure_callback",
-                              jax.jit(functools.partial(float64_eigh_root, p=p)), None))
     return configs
 
 
