@@ -9,16 +9,23 @@ step, beta2 0.999, relative ridge 1e-6, RMSProp grafting, momentum 0.9 (no Neste
 libraries preconditioning every block (precondition-opt's ``skip_preconditioning_dim_size_gt``
 is raised to 8192 so that the embedding and head blocks are preconditioned as optlab does).
 
-What is timed: one jitted step ``(params, state, grads) -> (params, state)`` on fixed random
-gradients, compiled ahead of time (the compile time reported). Then ``--window`` consecutive
-steps are timed one by one, which covers exactly one root computation for a window of 10:
-``plain`` is the median of the steps without a root computation, ``root`` the slowest step,
-``amortized`` the mean over the window. precondition-opt 0.3.0 needs ``jax.tree_map`` and
-friends shimmed from ``jax.tree_util`` on current JAX; that is done inside this process only.
+Gradients (``--grads``): ``transformer`` (default) cycles through 10 real gradients of a causal
+transformer with exactly these parameters on Zipf-distributed token batches
+(``benchmarks/_workloads.py``); ``gaussian`` repeats one fixed Gaussian gradient (scale 1e-3)
+every step. The peer's root step depends on them: its coupled Newton iteration runs until its
+error stops improving, up to 100 iterations per block, and ill-conditioned statistics take
+more; optlab's eigh costs the same for any matrix.
+
+What is timed: one jitted step ``(params, state, grads) -> (params, state)``, compiled ahead of time
+(the compile time reported). Then ``--window`` consecutive steps are timed one by one, which covers
+exactly one root computation for a window of 10: ``plain`` is the median of the steps without a root
+computation, ``root`` the slowest step, ``amortized`` the mean over the window. precondition-opt
+0.3.0 needs ``jax.tree_map`` and friends shimmed from ``jax.tree_util`` on current JAX; that is done
+inside this process only.
 
 Run::
 
-    python benchmarks/shampoo.py [--out benchmarks/results/shampoo.md] [--quick]
+    python benchmarks/shampoo.py [--grads transformer|gaussian] [--out FILE] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import machine_info, markdown_table  # noqa: E402
-from _workloads import random_like, transformer_params  # noqa: E402
+from _workloads import random_like, transformer_gradients, transformer_params  # noqa: E402
 from kernels import import_precondition  # noqa: E402
 
 import optlab  # noqa: E402
@@ -54,20 +61,20 @@ def step_fn(tx: optax.GradientTransformation):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def measure(name: str, tx: optax.GradientTransformation, params: Any, grads: Any,
+def measure(name: str, tx: optax.GradientTransformation, params: Any, grads: list[Any],
             window: int) -> dict[str, Any]:
     state = tx.init(params)
     t0 = time.perf_counter()
-    compiled = step_fn(tx).lower(params, state, grads).compile()
+    compiled = step_fn(tx).lower(params, state, grads[0]).compile()
     compile_s = time.perf_counter() - t0
     params = jax.tree.map(lambda x: x.copy(), params)
     # One step first, so the window starts after any start-up root computation.
-    params, state = compiled(params, state, grads)
+    params, state = compiled(params, state, grads[0])
     jax.block_until_ready(params)
     times = []
-    for _ in range(window):
+    for i in range(window):
         t0 = time.perf_counter()
-        params, state = compiled(params, state, grads)
+        params, state = compiled(params, state, grads[(i + 1) % len(grads)])
         jax.block_until_ready((params, state))
         times.append(time.perf_counter() - t0)
         print(f"  {name}: step {len(times)}/{window} {times[-1]:.3f} s", flush=True)
@@ -104,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="1 block, vocab 1024 (a smoke test; numbers not comparable)")
     parser.add_argument("--window", type=int, default=EVERY)
+    parser.add_argument("--grads", choices=("transformer", "gaussian"), default="transformer",
+                        help="real transformer gradients (10, cycled) or one fixed Gaussian")
     args = parser.parse_args(argv)
     params = (transformer_params(vocab=1024, n_blocks=1) if args.quick
               else transformer_params())
-    grads = random_like(params, seed=1, scale=1e-3)
+    if args.grads == "transformer":
+        print("computing 10 transformer gradients", flush=True)
+        grads = transformer_gradients(params, count=10, seed=1)
+    else:
+        grads = [random_like(params, seed=1, scale=1e-3)]
     results = []
     for name, tx in configs(args.quick):
         print(name, flush=True)
@@ -129,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                "amortized / precondition-opt", "compile / precondition-opt",
                "amortized / adamw", "compile / adamw"]
     lines = [
-        "## Shampoo: optlab vs precondition-opt (transformer-shaped parameters)",
+        f"## Shampoo: optlab vs precondition-opt (transformer-shaped parameters, "
+        f"{args.grads} gradients)",
         "",
-        f"Command: `python benchmarks/shampoo.py{' --quick' if args.quick else ''}`",
+        f"Command: `python benchmarks/shampoo.py --grads {args.grads} --out {args.out}"
+        f"{' --quick' if args.quick else ''}`",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()),
         "",
