@@ -39,6 +39,10 @@ class LeafPlan:
     vector: bool  # handled by the diagonal rule
     blocks: tuple[Block, ...]
     diag_offset: int  # offset of a vector leaf's diagonal statistics in the flat buffer
+    # Blocks per merged dim; ``uniform`` when all blocks have one shape (every dim is at most the
+    # block size or a multiple of it), so that a reshape and a transpose cut the whole leaf.
+    grid: tuple[int, ...] = ()
+    uniform: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +115,21 @@ def make_layout(
     kind_index: dict[tuple[int, ...], int] = {}
     kind_counts: list[int] = []
     kind_shapes: list[tuple[int, ...]] = []
-    leaf_blocks: list[tuple[tuple[int, ...], bool, list[Block]]] = []
+    leaf_blocks: list[tuple[tuple[int, ...], bool, list[Block], tuple[int, ...], bool]] = []
     diag_sizes: list[int] = []
     for shape in shapes:
         merged = merge_dims(tuple(shape), big, merge_small_dims)
         vector = len(merged) < 2
         blocks: list[Block] = []
+        grid: tuple[int, ...] = ()
+        uniform = False
         if vector:
             diag_sizes.append(math.prod(merged))
         else:
             diag_sizes.append(0)
             per_dim = [_chunks(d, big) for d in merged]
+            grid = tuple(len(c) for c in per_dim)
+            uniform = all(len({size for _, size in c}) == 1 for c in per_dim)
             for combo in itertools.product(*per_dim):
                 bshape = tuple(size for _, size in combo)
                 if bshape not in kind_index:
@@ -131,7 +139,7 @@ def make_layout(
                 k = kind_index[bshape]
                 blocks.append(Block(k, kind_counts[k], tuple(start for start, _ in combo)))
                 kind_counts[k] += 1
-        leaf_blocks.append((merged, vector, blocks))
+        leaf_blocks.append((merged, vector, blocks, grid, uniform))
 
     # Groups: (dim, p) -> list of (kind, axis) in a fixed order.
     group_members: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -161,7 +169,9 @@ def make_layout(
     )
     leaves = []
     diag_offset = matrix_size
-    for shape, (merged, vector, blocks), dsize in zip(shapes, leaf_blocks, diag_sizes, strict=True):
-        leaves.append(LeafPlan(tuple(shape), merged, vector, tuple(blocks), diag_offset))
+    for shape, (merged, vector, blocks, grid, uniform), dsize in zip(shapes, leaf_blocks,
+                                                                     diag_sizes, strict=True):
+        leaves.append(LeafPlan(tuple(shape), merged, vector, tuple(blocks), diag_offset, grid,
+                               uniform))
         diag_offset += dsize
     return Layout(tuple(leaves), kinds, tuple(groups), matrix_size, diag_offset - matrix_size)

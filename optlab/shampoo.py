@@ -51,11 +51,13 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optlab import linalg
@@ -135,15 +137,42 @@ def _merged_leaves(leaves: list[jax.Array], layout: Layout) -> list[jax.Array]:
     return [x.astype(jnp.float32).reshape(plan.merged) for x, plan in zip(leaves, layout.leaves)]
 
 
+def _leaf_to_blocks(x: jax.Array, plan, block_shape: tuple[int, ...]) -> jax.Array:
+    """``[n_blocks, *block_shape]`` of a uniformly blocked leaf, by reshape and transpose.
+
+    Row-major over the block grid, the order of ``plan.blocks``. One transpose (often a
+    free bitcast) instead of a slice per block: fewer kernels for XLA to compile.
+    """
+    k = len(block_shape)
+    split = [n for g, c in zip(plan.grid, block_shape) for n in (g, c)]
+    x = x.reshape(split).transpose([*range(0, 2 * k, 2), *range(1, 2 * k, 2)])
+    return x.reshape((-1, *block_shape))
+
+
+def _blocks_to_leaf(stack: jax.Array, plan, block_shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of :func:`_leaf_to_blocks`."""
+    k = len(block_shape)
+    x = stack.reshape((*plan.grid, *block_shape))
+    x = x.transpose([i for d in range(k) for i in (d, k + d)])
+    return x.reshape(plan.merged)
+
+
 def _stack_blocks(merged: list[jax.Array], layout: Layout) -> list[jax.Array]:
     """One ``[count, *shape]`` stack per kind, gathering blocks from every leaf."""
-    per_kind: list[list[jax.Array | None]] = [[None] * k.count for k in layout.kinds]
+    pieces: list[list[jax.Array]] = [[] for _ in layout.kinds]
     for x, plan in zip(merged, layout.leaves):
+        if plan.vector:
+            continue
+        if plan.uniform:
+            kind = plan.blocks[0].kind
+            pieces[kind].append(_leaf_to_blocks(x, plan, layout.kinds[kind].shape))
+            continue
+        # Positions within a kind follow leaf order, then block order: appending keeps them.
         for block in plan.blocks:
             shape = layout.kinds[block.kind].shape
-            per_kind[block.kind][block.position] = jax.lax.slice(
-                x, block.starts, tuple(s + n for s, n in zip(block.starts, shape)))
-    return [jnp.stack(blocks) for blocks in per_kind]
+            pieces[block.kind].append(jax.lax.slice(
+                x, block.starts, tuple(s + n for s, n in zip(block.starts, shape)))[None])
+    return [p[0] if len(p) == 1 else jnp.concatenate(p) for p in pieces]
 
 
 def _unstack_blocks(stacks: list[jax.Array], layout: Layout) -> list[jax.Array | None]:
@@ -153,8 +182,14 @@ def _unstack_blocks(stacks: list[jax.Array], layout: Layout) -> list[jax.Array |
         if plan.vector:
             out.append(None)
             continue
-        if len(plan.blocks) == 1:
-            out.append(stacks[plan.blocks[0].kind][plan.blocks[0].position])
+        if plan.uniform:
+            first = plan.blocks[0]
+            kind = layout.kinds[first.kind]
+            stack = stacks[first.kind]
+            if len(plan.blocks) < kind.count:
+                stack = jax.lax.slice_in_dim(stack, first.position,
+                                             first.position + len(plan.blocks))
+            out.append(_blocks_to_leaf(stack, plan, kind.shape))
             continue
         x = jnp.zeros(plan.merged, jnp.float32)
         for block in plan.blocks:
@@ -340,13 +375,12 @@ def scale_by_shampoo(
         graft_leaves = treedef.flatten_up_to(graft_updates)
         graft_merged = _merged_leaves(graft_leaves, layout)
         pre_blocks = _precondition_blocks(blocks, roots, layout)
-        vector_dirs = _diagonal_directions(merged, stats, layout, eps, eps_floor, root)
+        # Norm per block (per leaf for vectors) from the graft, direction from Shampoo.
+        vector_dirs = _diagonal_directions(merged, graft_merged, stats, layout, eps, eps_floor,
+                                           root, graft=grafting != "none")
         if grafting != "none":
-            # Norm per block (per leaf for vectors) from the graft, direction from Shampoo.
             graft_blocks = _stack_blocks(graft_merged, layout)
             pre_blocks = [_graft_scale(p, g) for p, g in zip(pre_blocks, graft_blocks)]
-            vector_dirs = [None if d is None else _graft_scale(d[None], g[None])[0]
-                           for d, g in zip(vector_dirs, graft_merged)]
         directions = _unstack_blocks(pre_blocks, layout)
         use_shampoo = count >= start
         out = []
@@ -420,17 +454,42 @@ def _precondition_blocks(blocks, roots, layout: Layout) -> list[jax.Array]:
     return out
 
 
-def _diagonal_directions(merged, stats, layout: Layout, eps, eps_floor, root):
-    """The diagonal rule ``g * (v + r)^{-1/p}`` for vector leaves (None for the others)."""
+def _diagonal_directions(merged, graft_merged, stats, layout: Layout, eps, eps_floor, root,
+                         graft: bool):
+    """The diagonal rule ``g * (v + r)^{-1/p}`` for vector leaves (None for the others).
+
+    All vector leaves are processed as one concatenated vector with per-leaf segments (the
+    per-leaf ridge ``r`` from each leaf's largest statistic, the per-leaf graft norm), so that
+    XLA compiles a handful of kernels rather than several per leaf. With ``graft`` the
+    direction of each leaf is rescaled to its graft update's norm.
+    """
+    plans = [plan for plan in layout.leaves if plan.vector]
+    if not plans:
+        return [None] * len(layout.leaves)
+    sizes = [math.prod(plan.merged) for plan in plans]
+    segments = jnp.asarray(np.repeat(np.arange(len(plans)), sizes))
+    count = len(plans)
+    x = jnp.concatenate([m.ravel() for m, plan in zip(merged, layout.leaves) if plan.vector])
+    v = jax.lax.dynamic_slice_in_dim(stats, layout.matrix_size, layout.diag_size)
+    ridge = eps * jax.ops.segment_max(v, segments, count, indices_are_sorted=True) + eps_floor
     p_vec = root if root is not None else 2
-    out = []
-    for x, plan in zip(merged, layout.leaves):
+    direction = x * (v + ridge[segments]) ** (-1.0 / p_vec)
+    if graft:
+        g = jnp.concatenate([m.ravel() for m, plan in zip(graft_merged, layout.leaves)
+                             if plan.vector])
+        dn = jnp.sqrt(jax.ops.segment_sum(jnp.square(direction), segments, count,
+                                          indices_are_sorted=True))
+        gn = jnp.sqrt(jax.ops.segment_sum(jnp.square(g), segments, count,
+                                          indices_are_sorted=True))
+        direction = direction * jnp.where(dn > 0, gn / jnp.where(dn > 0, dn, 1.0), 0.0)[segments]
+    out, offset = [], 0
+    for plan in layout.leaves:
         if not plan.vector:
             out.append(None)
             continue
-        v = jax.lax.dynamic_slice_in_dim(stats, plan.diag_offset, x.size).reshape(x.shape)
-        ridge = eps * jnp.max(v) + eps_floor
-        out.append(x * (v + ridge) ** (-1.0 / p_vec))
+        size = math.prod(plan.merged)
+        out.append(jax.lax.slice_in_dim(direction, offset, offset + size).reshape(plan.merged))
+        offset += size
     return out
 
 
@@ -450,9 +509,12 @@ def shampoo(
     ``chain(scale_by_shampoo(beta2=b2, eps=eps, ...), ema(b1, debias=True),
     add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))``: momentum is an
     exponential moving average of the (grafted) Shampoo updates, as in Distributed Shampoo, so
-    that with Adam grafting the step size matches Adam's. With ``skip_nonfinite`` the whole chain
-    is wrapped in ``optax.apply_if_finite`` so that a NaN/Inf gradient leaves every state
-    (momentum included) untouched; ``state.total_notfinite`` counts such steps.
+    that with Adam grafting the step size matches Adam's. A NaN/Inf gradient is skipped by
+    :func:`scale_by_shampoo` (``state.shampoo.skipped_steps`` counts such steps); with
+    ``skip_nonfinite`` the momentum and schedule state after it are frozen on that step too and
+    its update is exactly zero, as ``optax.apply_if_finite`` would do, without checking every
+    leaf a second time. Without it the momentum decays by ``b1`` on a skipped step (a zero
+    gradient for the rest of the chain); nothing non-finite ever enters the state.
 
     Args:
       learning_rate: a float or an optax schedule.
@@ -461,7 +523,7 @@ def shampoo(
       eps: relative ridge of the statistics.
       weight_decay: decoupled weight decay coefficient (``W <- W - lr * wd * W``).
       weight_decay_mask: optax mask for the weight decay (e.g. to exclude biases).
-      skip_nonfinite: wrap in ``optax.apply_if_finite``.
+      skip_nonfinite: freeze the whole state (zero update) on a non-finite gradient.
       **shampoo_kwargs: any other :func:`scale_by_shampoo` argument (``block_size``,
         ``precondition_every``, ``grafting``, ...).
 
@@ -475,16 +537,52 @@ def shampoo(
       >>> params = optax.apply_updates(params, updates)
     """
     _check_unit_interval("b1", b1, closed_right=False)
-    parts = [scale_by_shampoo(beta2=b2, eps=eps, **shampoo_kwargs)]
+    parts = []
     if isinstance(b1, jax.Array) or b1 > 0:
         parts.append(optax.ema(b1, debias=True))
     if isinstance(weight_decay, jax.Array) or weight_decay != 0:
         parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
-    tx = optax.chain(*parts)
-    if skip_nonfinite:
-        tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
-    return tx
+    return _freeze_tail_on_skipped_steps(scale_by_shampoo(beta2=b2, eps=eps, **shampoo_kwargs),
+                                         optax.chain(*parts), skip_nonfinite)
 
 
-__all__ = ["GRAFTING", "ShampooState", "scale_by_shampoo", "shampoo"]
+class ShampooChainState(NamedTuple):
+    """State of :func:`shampoo`: Shampoo's own state and the rest of the chain's."""
+
+    shampoo: ShampooState
+    tail: optax.OptState
+
+
+def _freeze_tail_on_skipped_steps(head: optax.GradientTransformation,
+                                  tail: optax.GradientTransformation,
+                                  freeze: bool) -> optax.GradientTransformation:
+    """``chain(head, tail)`` whose tail is frozen (zero update) on a step ``head`` skipped.
+
+    ``scale_by_shampoo`` already detects a non-finite gradient (on its few block stacks) and
+    skips the step for its own state; this reuses that decision for the momentum and schedule
+    state after it instead of checking every leaf again as ``optax.apply_if_finite`` would
+    (which on the 21 M-parameter benchmark set costs 0.7 s of compile time).
+    """
+
+    def init_fn(params):
+        return ShampooChainState(head.init(params), tail.init(params))
+
+    def update_fn(updates, state, params=None):
+        updates, head_state = head.update(updates, state.shampoo, params)
+        if not freeze:
+            new_updates, tail_state = tail.update(updates, state.tail, params)
+            return new_updates, ShampooChainState(head_state, tail_state)
+        skipped = head_state.skipped_steps != state.shampoo.skipped_steps
+        # lax.cond, not a select per leaf: the tail runs only on a good step (fewer kernels).
+        new_updates, tail_state = jax.lax.cond(
+            skipped,
+            lambda: (jax.tree.map(jnp.zeros_like, updates), state.tail),
+            lambda: tail.update(updates, state.tail, params),
+        )
+        return new_updates, ShampooChainState(head_state, tail_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+__all__ = ["GRAFTING", "ShampooChainState", "ShampooState", "scale_by_shampoo", "shampoo"]

@@ -1,5 +1,6 @@
 """scale_by_shampoo / shampoo against float64 numpy references of the formulas in the seeds."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,7 +238,47 @@ def test_shampoo_optimizer_matches_its_chain_and_trains():
         params, state = step(params, state)
     assert float(loss(params)) < 1e-3 * initial
     assert step._cache_size() == 1
-    assert isinstance(state.inner_state[0], ShampooState)
+    assert isinstance(state.shampoo, ShampooState)
+
+    # The same updates as the optax chain it stands for, step by step.
+    chain = optax.chain(
+        scale_by_shampoo(beta2=0.999, eps=1e-6, precondition_every=2, start_preconditioning_step=1),
+        optax.ema(0.9, debias=True), optax.add_decayed_weights(0.01),
+        optax.scale_by_learning_rate(0.1))
+    alias = shampoo(0.1, b1=0.9, weight_decay=0.01, precondition_every=2,
+                    start_preconditioning_step=1)
+    p = {"w": jnp.asarray(np.random.default_rng(15).standard_normal((6, 4)), jnp.float32),
+         "b": jnp.zeros(4)}
+    sa, sc = alias.init(p), chain.init(p)
+    for _ in range(4):
+        g = jax.grad(loss)(p)
+        ua, sa = alias.update(g, sa, p)
+        uc, sc = chain.update(g, sc, p)
+        chex.assert_trees_all_close(ua, uc, rtol=1e-6, atol=1e-7)
+        p = optax.apply_updates(p, ua)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_shampoo_optimizer_on_a_nan_gradient(freeze):
+    params = {"w": jnp.ones((6, 4)), "b": jnp.ones(4)}
+    tx = shampoo(0.1, b1=0.9, precondition_every=2, start_preconditioning_step=1,
+                 skip_nonfinite=freeze)
+    state = tx.init(params)
+    grads = {"w": jnp.full((6, 4), 0.5), "b": jnp.full(4, 0.25)}
+    for _ in range(3):
+        _, state = tx.update(grads, state, params)
+    bad = {"w": grads["w"].at[2, 1].set(jnp.nan), "b": grads["b"]}
+    updates, new_state = jax.jit(tx.update)(bad, state, params)
+    assert int(new_state.shampoo.skipped_steps) == 1
+    chex.assert_trees_all_equal(new_state.shampoo._replace(skipped_steps=0),
+                                state.shampoo._replace(skipped_steps=0))
+    if freeze:  # exactly a skipped step: zero update, momentum and schedule untouched
+        chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+        chex.assert_trees_all_equal(new_state.tail, state.tail)
+    else:  # a zero gradient for the momentum: it decays by b1, nothing non-finite anywhere
+        mu_old, mu_new = state.tail[0].ema, new_state.tail[0].ema
+        chex.assert_trees_all_close(mu_new, jax.tree.map(lambda m: 0.9 * m, mu_old), rtol=1e-6)
+        assert all(np.all(np.isfinite(np.asarray(u))) for u in jax.tree.leaves(updates))
 
 
 @pytest.mark.parametrize("method", ["newton", "eigh64", "auto"])

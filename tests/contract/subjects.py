@@ -108,7 +108,7 @@ SUBJECTS.append(
         "shampoo",
         _shampoo,
         {"learning_rate": 0.05, "b1": 0.9, "weight_decay": 1e-4},
-        nan_safe=True,  # optax.apply_if_finite inside the alias
+        nan_safe=True,  # the alias freezes its whole state on a step scale_by_shampoo skips
         problem_hyperparams={"rosenbrock": {"learning_rate": 0.2}},
         rtol=1e-4,  # the state holds float32 eigh roots (see Subject.rtol)
     )
