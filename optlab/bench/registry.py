@@ -178,7 +178,7 @@ def shampoo(
     b2: float = 0.999,
     eps: float = 1e-6,
     weight_decay: float = 0.0,
-    root_method: str = "newton",
+    root_method: str = "auto",
     **kwargs: Any,
 ):
     """Shampoo (Gupta et al. 2018): ``optlab.shampoo``; ``kwargs`` go to ``scale_by_shampoo``.
@@ -187,12 +187,9 @@ def shampoo(
     rates apply. ``grafting="none", b2=1.0, b1=0.0`` is seed 002's plain variant, which
     needs a much larger learning rate (0.1 to 2 in the thesis).
 
-    ``root_method="newton"`` (coupled Newton iterations: matmuls only) rather than optlab's
-    CPU default ``"eigh"``: jaxlib 0.10.2's CPU LAPACK kernels split a batched ``eigh`` over
-    the intra-op thread pool and block on it, so two batched ``eigh`` calls that XLA runs
-    concurrently (Shampoo has one per group of same-sized statistics) can take every pool
-    thread and deadlock; on a 2-core machine they do, within a few preconditioner updates.
-    (JAX 0.11 builds drop that parallel path.) ``--hp shampoo.root_method=eigh`` restores it.
+    ``root_method="auto"``: float32 ``eigh`` on CPU, coupled Newton on accelerators. (Earlier
+    versions used ``"newton"`` here to avoid a jaxlib 0.10.2 deadlock of concurrent batched CPU
+    ``eigh`` calls; ``scale_by_shampoo`` now serializes its ``eigh`` calls itself.)
     """
     from optlab.shampoo import shampoo as optlab_shampoo
 

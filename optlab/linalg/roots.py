@@ -19,7 +19,8 @@ Methods:
     the host, so on an accelerator this costs a transfer). float32 ``eigh`` resolves eigenvalues
     only to about ``2^-24 lambda_max``, so the root's relative error grows like
     ``2^-24 kappa``: 3e-4 at condition number ``kappa = 1e4`` for d = 1024, where float64 gives
-    2e-8 for ~1.6x the float32 time on a 2-core CPU.
+    2e-8 for ~1.6x the float32 time on a 2-core CPU. Not differentiable (a host callback);
+    differentiate through ``"eigh"`` or ``"newton"``.
 ``"newton"``
     The coupled Newton iteration of Guo & Higham (2006), matmul-only, for accelerators where
     ``eigh`` is slow. With ``M_0 = z a``, ``H_0 = z^{1/p} I`` and ``z = (p + 1) / (2 lambda)``
