@@ -156,13 +156,16 @@ def residual(a_regularized: jax.Array, root: jax.Array, p: int) -> jax.Array:
 
 
 def _eigh_root(a, p, eps, eps_floor):
-    # Lower triangle only (no symmetrizing copy: a transpose of a large stack costs more on
-    # XLA's CPU backend than the elementwise work around the eigh).
-    v, w = jax.lax.linalg.eigh(a, lower=True, symmetrize_input=False)
+    # LAPACK works on column-major matrices: handing it a^T (the same matrix, read from its upper
+    # triangle, which is a's lower triangle in memory) and using the rows of v^T makes both
+    # layout changes free bitcasts instead of transposes of the whole stack (no symmetrizing
+    # copy either: on XLA's CPU backend such copies cost more than the work around the eigh).
+    v, w = jax.lax.linalg.eigh(jnp.swapaxes(a, -1, -2), lower=False, symmetrize_input=False)
+    rows = jnp.swapaxes(v, -1, -2)  # rows[..., k, :] is the k-th eigenvector
     w = jnp.maximum(w, 0.0)
     ridge = eps * w[..., -1:] + eps_floor
     w = w + ridge
-    root = jnp.einsum("...ik,...jk->...ij", v * (w ** (-1.0 / p))[..., None, :], v,
+    root = jnp.einsum("...ki,...kj->...ij", rows * (w ** (-1.0 / p))[..., :, None], rows,
                       precision=jax.lax.Precision.HIGHEST)
     return root, ridge[..., 0]
 
