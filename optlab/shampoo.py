@@ -351,8 +351,14 @@ def scale_by_shampoo(
                   for x, plan in zip(merged, layout.leaves)]
 
         # The graft sees the raw gradient; its state is kept unchanged on a non-finite step.
-        graft_updates, graft_state = graft_tx.update(jax.tree.unflatten(treedef, leaves),
-                                                     state.graft, params)
+        # lax.cond rather than a select per leaf afterwards (fewer kernels to compile): on a
+        # non-finite step the graft's state stays as it was and its (unused) update is zero.
+        grads = jax.tree.unflatten(treedef, leaves)
+        graft_updates, graft_state = jax.lax.cond(
+            finite,
+            lambda: graft_tx.update(grads, state.graft, params),
+            lambda: (jax.tree.map(jnp.zeros_like, grads), state.graft),
+        )
 
         decay = jnp.asarray(beta2, jnp.float32)
         weight = jnp.where(decay == 1.0, 1.0, 1.0 - decay)
@@ -382,19 +388,25 @@ def scale_by_shampoo(
             graft_blocks = _stack_blocks(graft_merged, layout)
             pre_blocks = [_graft_scale(p, g) for p, g in zip(pre_blocks, graft_blocks)]
         directions = _unstack_blocks(pre_blocks, layout)
-        use_shampoo = count >= start
-        out = []
-        for plan, x, block_dir, vec_dir, g in zip(layout.leaves, leaves, directions, vector_dirs,
-                                                  graft_merged):
-            direction = vec_dir if plan.vector else block_dir
-            result = jnp.where(use_shampoo, direction, g).reshape(plan.shape)
-            out.append(jnp.where(finite, result, 0.0).astype(x.dtype))
+        shampoo_out = [(vec if plan.vector else block).reshape(plan.shape).astype(x.dtype)
+                       for plan, x, block, vec in zip(layout.leaves, leaves, directions,
+                                                      vector_dirs)]
+        graft_out = [g.reshape(plan.shape).astype(x.dtype)
+                     for plan, x, g in zip(layout.leaves, leaves, graft_merged)]
+        # Zero on a skipped step, the graft alone before start_preconditioning_step, else
+        # Shampoo; one switch instead of two selects per leaf.
+        branch = jnp.where(finite, jnp.where(count >= start, 2, 1), 0)
+        out = jax.lax.switch(branch, [
+            lambda: [jnp.zeros_like(x) for x in shampoo_out],
+            lambda: graft_out,
+            lambda: shampoo_out,
+        ])
 
         new_state = ShampooState(
             count=jnp.where(finite, optax.safe_increment(count), count),
             stats=stats,
             roots=roots,
-            graft=jax.tree.map(lambda n, o: jnp.where(finite, n, o), graft_state, state.graft),
+            graft=graft_state,
             rejected_roots=state.rejected_roots + jnp.where(finite, rejected, 0),
             skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32),
         )
