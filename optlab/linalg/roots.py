@@ -369,10 +369,10 @@ def inverse_root(
       The root (float32, or float64 for float64 input), or an :class:`InverseRoot`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax.numpy as jnp, numpy as np
       >>> from optlab.linalg import inverse_root
       >>> a = jnp.diag(jnp.array([16.0, 81.0]))
-      >>> jnp.round(inverse_root(a, 4, eps=0.0, eps_floor=0.0), 4).tolist()
+      >>> np.round(np.asarray(inverse_root(a, 4, eps=0.0, eps_floor=0.0), np.float64), 4).tolist()
       [[0.5, 0.0], [0.0, 0.3333]]
     """
     _check_args(p, eps, eps_floor, method, max_iters, tol)
