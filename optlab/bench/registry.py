@@ -218,13 +218,14 @@ def muon(
     biases and (with ``exclude_stem``, Jordan's advice) the first convolution ``stem`` go to
     AdamW at ``adam_learning_rate``. ``kwargs`` go to ``optlab.muon.muon``.
     """
-    from optlab import muon as muon_lib
     from optlab.models import STEM_NAMES
+    from optlab.muon import MUON_EXCLUDED_NAMES, muon_labels
+    from optlab.muon import muon as optlab_muon
 
     if exclude_stem and "labels" not in kwargs:
-        exclude = (*muon_lib.MUON_EXCLUDED_NAMES, *STEM_NAMES)
-        kwargs["labels"] = lambda params: muon_lib.muon_labels(params, exclude=exclude)
-    return muon_lib.muon(
+        exclude = (*MUON_EXCLUDED_NAMES, *STEM_NAMES)
+        kwargs["labels"] = lambda params: muon_labels(params, exclude=exclude)
+    return optlab_muon(
         learning_rate,
         beta=beta,
         weight_decay=weight_decay,
