@@ -38,11 +38,10 @@ class LeafPlan:
     merged: tuple[int, ...]
     vector: bool  # handled by the diagonal rule
     blocks: tuple[Block, ...]
-    diag_offset: int  # offset of a vector leaf's diagonal statistics in the flat buffer
     # Blocks per merged dim; ``uniform`` when all blocks have one shape (every dim is at most the
     # block size or a multiple of it), so that a reshape and a transpose cut the whole leaf.
-    grid: tuple[int, ...] = ()
-    uniform: bool = False
+    grid: tuple[int, ...]
+    uniform: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,11 +166,9 @@ def make_layout(
         Kind(s, kind_ps[k], tuple(axis_groups[k]), tuple(axis_offsets[k]), kind_counts[k])
         for k, s in enumerate(kind_shapes)
     )
-    leaves = []
-    diag_offset = matrix_size
-    for shape, (merged, vector, blocks, grid, uniform), dsize in zip(shapes, leaf_blocks,
-                                                                     diag_sizes, strict=True):
-        leaves.append(LeafPlan(tuple(shape), merged, vector, tuple(blocks), diag_offset, grid,
-                               uniform))
-        diag_offset += dsize
-    return Layout(tuple(leaves), kinds, tuple(groups), matrix_size, diag_offset - matrix_size)
+    leaves = tuple(
+        LeafPlan(tuple(shape), merged, vector, tuple(blocks), grid, uniform)
+        for shape, (merged, vector, blocks, grid, uniform) in zip(shapes, leaf_blocks,
+                                                                  strict=True))
+    # Vector leaves' diagonal statistics follow the matrix groups, in leaf order.
+    return Layout(leaves, kinds, tuple(groups), matrix_size, sum(diag_sizes))

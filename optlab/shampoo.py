@@ -127,9 +127,9 @@ def _check_unit_interval(name: str, value: Any, closed_right: bool) -> None:
 
 def _shampoo_root_method(root_method: str) -> str:
     """Shampoo's ``"auto"``: the fastest float32 method of the backend (see ``root_method``)."""
-    if root_method != "auto":
-        return root_method
-    return "eigh" if jax.default_backend() == "cpu" else "newton"
+    method = linalg.resolve_method(root_method)
+    # inverse_root's CPU "auto" picks float32 or float64 per matrix; Shampoo wants float32.
+    return "eigh" if method == "auto" else method
 
 
 # -- block plumbing --------------------------------------------------------------------------------
@@ -338,17 +338,16 @@ def scale_by_shampoo(
         leaves = [jnp.asarray(x) for x in leaves]
         merged = _merged_leaves(leaves, layout)
         blocks = _stack_blocks(merged, layout)
+        # All vector leaves as one vector (the diagonal rule runs on it in one piece).
+        vectors = _concat_vectors(merged, layout)
         # Checked on the few stacks rather than leaf by leaf: every element of a matrix leaf is
         # in exactly one block, and each check is a kernel XLA compiles (~5 ms each on CPU).
-        vectors = [x.ravel() for x, plan in zip(merged, layout.leaves) if plan.vector]
-        checks = [jnp.all(jnp.isfinite(b)) for b in blocks]
-        if vectors:
-            checks.append(jnp.all(jnp.isfinite(jnp.concatenate(vectors))))
+        checks = [jnp.all(jnp.isfinite(b)) for b in [*blocks, vectors] if b is not None]
         finite = jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
         # A non-finite step must not reach the statistics: compute on zeros, then discard.
         blocks = [jnp.where(finite, b, 0.0) for b in blocks]
-        merged = [jnp.where(finite, x, 0.0) if plan.vector else x
-                  for x, plan in zip(merged, layout.leaves)]
+        if vectors is not None:
+            vectors = jnp.where(finite, vectors, 0.0)
 
         # The graft sees the raw gradient; its state is kept unchanged on a non-finite step.
         # lax.cond rather than a select per leaf afterwards (fewer kernels to compile): on a
@@ -365,7 +364,7 @@ def scale_by_shampoo(
         # On a skipped step (zeroed leaves) decay 1 and weight 0 leave the statistics bit-exact,
         # without another pass over the (large) buffer to select the old values.
         decay, weight = jnp.where(finite, decay, 1.0), jnp.where(finite, weight, 0.0)
-        stats = _update_statistics(state.stats, blocks, merged, layout, decay, weight)
+        stats = _update_statistics(state.stats, blocks, vectors, layout, decay, weight)
 
         count = state.count
         due = jnp.logical_and(count >= start, (count - start) % precondition_every == 0)
@@ -382,7 +381,7 @@ def scale_by_shampoo(
         graft_merged = _merged_leaves(graft_leaves, layout)
         pre_blocks = _precondition_blocks(blocks, roots, layout)
         # Norm per block (per leaf for vectors) from the graft, direction from Shampoo.
-        vector_dirs = _diagonal_directions(merged, graft_merged, stats, layout, eps, eps_floor,
+        vector_dirs = _diagonal_directions(vectors, graft_merged, stats, layout, eps, eps_floor,
                                            root, graft=grafting != "none")
         if grafting != "none":
             graft_blocks = _stack_blocks(graft_merged, layout)
@@ -415,7 +414,7 @@ def scale_by_shampoo(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _update_statistics(stats, blocks, merged, layout: Layout, decay, weight):
+def _update_statistics(stats, blocks, vectors, layout: Layout, decay, weight):
     # Written into the old buffer group by group (in place once XLA sees the buffer is not
     # read again): a concatenation would copy the whole ~d^2-per-block buffer once more.
     new_stats = stats
@@ -429,12 +428,10 @@ def _update_statistics(stats, blocks, merged, layout: Layout, decay, weight):
         old = _group_view(stats, layout, gi)
         new_stats = jax.lax.dynamic_update_slice_in_dim(
             new_stats, (decay * old + weight * new).ravel(), group.offset, 0)
-    diag = [x.ravel() for x, plan in zip(merged, layout.leaves) if plan.vector]
-    if diag:
+    if vectors is not None:
         old = jax.lax.dynamic_slice_in_dim(stats, layout.matrix_size, layout.diag_size)
         new_stats = jax.lax.dynamic_update_slice_in_dim(
-            new_stats, decay * old + weight * jnp.square(jnp.concatenate(diag)),
-            layout.matrix_size, 0)
+            new_stats, decay * old + weight * jnp.square(vectors), layout.matrix_size, 0)
     return new_stats
 
 
@@ -466,40 +463,45 @@ def _precondition_blocks(blocks, roots, layout: Layout) -> list[jax.Array]:
     return out
 
 
-def _diagonal_directions(merged, graft_merged, stats, layout: Layout, eps, eps_floor, root,
+def _concat_vectors(merged, layout: Layout) -> jax.Array | None:
+    """The vector leaves raveled into one vector, in leaf order (the diagonal statistics'
+    order in the flat buffer); None if there are none."""
+    vectors = [x.ravel() for x, plan in zip(merged, layout.leaves) if plan.vector]
+    return jnp.concatenate(vectors) if vectors else None
+
+
+def _diagonal_directions(vectors, graft_merged, stats, layout: Layout, eps, eps_floor, root,
                          graft: bool):
     """The diagonal rule ``g * (v + r)^{-1/p}`` for vector leaves (None for the others).
 
-    All vector leaves are processed as one concatenated vector with per-leaf segments (the
+    ``vectors`` is :func:`_concat_vectors` of the gradient: all vector leaves are processed
+    as one concatenated vector with per-leaf segments (the
     per-leaf ridge ``r`` from each leaf's largest statistic, the per-leaf graft norm), so that
     XLA compiles a handful of kernels rather than several per leaf. With ``graft`` the
     direction of each leaf is rescaled to its graft update's norm.
     """
-    plans = [plan for plan in layout.leaves if plan.vector]
-    if not plans:
+    if vectors is None:
         return [None] * len(layout.leaves)
-    sizes = [math.prod(plan.merged) for plan in plans]
-    segments = jnp.asarray(np.repeat(np.arange(len(plans)), sizes))
-    count = len(plans)
-    x = jnp.concatenate([m.ravel() for m, plan in zip(merged, layout.leaves) if plan.vector])
+    sizes = [math.prod(plan.merged) for plan in layout.leaves if plan.vector]
+    count = len(sizes)
+    segments = jnp.asarray(np.repeat(np.arange(count), sizes))
     v = jax.lax.dynamic_slice_in_dim(stats, layout.matrix_size, layout.diag_size)
     ridge = eps * jax.ops.segment_max(v, segments, count, indices_are_sorted=True) + eps_floor
     p_vec = root if root is not None else 2
-    direction = x * (v + ridge[segments]) ** (-1.0 / p_vec)
+    direction = vectors * (v + ridge[segments]) ** (-1.0 / p_vec)
     if graft:
-        g = jnp.concatenate([m.ravel() for m, plan in zip(graft_merged, layout.leaves)
-                             if plan.vector])
+        g = _concat_vectors(graft_merged, layout)
         dn = jnp.sqrt(jax.ops.segment_sum(jnp.square(direction), segments, count,
                                           indices_are_sorted=True))
         gn = jnp.sqrt(jax.ops.segment_sum(jnp.square(g), segments, count,
                                           indices_are_sorted=True))
         direction = direction * jnp.where(dn > 0, gn / jnp.where(dn > 0, dn, 1.0), 0.0)[segments]
-    out, offset = [], 0
+    out, offset, remaining = [], 0, iter(sizes)
     for plan in layout.leaves:
         if not plan.vector:
             out.append(None)
             continue
-        size = math.prod(plan.merged)
+        size = next(remaining)
         out.append(jax.lax.slice_in_dim(direction, offset, offset + size).reshape(plan.merged))
         offset += size
     return out
