@@ -10,7 +10,7 @@ integer ``p >= 1`` (optax's own kernel is exact only for p in {1, 2, 4, 8}). The
 Methods:
 
 ``"eigh"``
-    ``V diag((w + r)^{-1/p}) V^T`` from ``jnp.linalg.eigh`` (eigenvalues clipped at 0 first:
+    ``V diag((w + r)^{-1/p}) V^T`` from LAPACK's float32 ``eigh`` (eigenvalues clipped at 0 first:
     round-off makes those of a rank-deficient matrix slightly negative). Most accurate; on CPU
     also the fastest (LAPACK's divide and conquer).
 ``"eigh64"``
@@ -203,10 +203,11 @@ def condition_estimate(a: jax.Array, eps: float = 1e-6, eps_floor: float = 1e-16
     ``steps`` Lanczos iterations with full reorthogonalization from a fixed start vector give
     Ritz values ``theta_min >= lambda_min`` and ``theta_max <= lambda_max``; the estimate is
     ``(theta_max + r) / (theta_min + r)`` with ``r = eps * theta_max + eps_floor``. It is never
-    above the true condition number and, for the spread-out spectra of statistics matrices,
-    within a small factor of it once the true value is large (24 steps resolve
-    ``kappa = 1e4`` of a d = 1024 geometric spectrum as ~5e3). Matrix-vector products only
-    (``O(steps d^2)``). ``inf`` for non-finite input. Batched over leading dims.
+    above the true condition number, and it is meant to tell well conditioned matrices
+    (``inverse_root``'s threshold, 100) from badly conditioned ones, not to measure the latter:
+    at d = 1024, 24 steps give 8.7 for a true 8.8 (G G^T / 4d), but 1.4e3 for a true 9.9e3
+    (geometric spectrum) and 9.1e2 for a true 9.7e5 (near-singular G G^T / d). Matrix-vector
+    products only (``O(steps d^2)``). ``inf`` for non-finite input. Batched over leading dims.
     """
     d = a.shape[-1]
     k = min(steps, d)
@@ -334,7 +335,7 @@ def _check_args(p, eps, eps_floor, method, max_iters, tol):
 def resolve_method(method: str) -> str:
     """What ``"auto"`` stands for on the current default backend.
 
-    ``"auto"`` itself on CPU (float32 or float64 eigh, chosen per batch from a condition
+    ``"auto"`` itself on CPU (float32 or float64 eigh, chosen per matrix from a condition
     estimate when the function runs), ``"newton"`` on accelerators; other names unchanged.
     """
     if method != "auto":
