@@ -19,10 +19,9 @@ and each iteration pays only the tangent pass.
 * Lanczos with full reorthogonalization: m steps build an orthonormal basis Q of the Krylov
   space span{q, Hq, ..., H^(m-1) q} and the tridiagonal T = Q^T H Q; the extreme
   eigenvalues of T (Ritz values) converge to H's much faster than power iteration (about
-  sqrt(condition) times fewer steps). Every new vector is orthogonalized against all of Q,
-  twice ("twice is enough", Giraud et al. 2005), so no spurious copies of converged values
-  appear; the cost is O(m n) memory. If the Krylov space becomes invariant (beta ~ 0),
-  Lanczos restarts with a fresh random vector orthogonal to Q (T becomes block diagonal).
+  sqrt(condition) times fewer steps). The iteration is :func:`optlab.linalg.lanczos.lanczos`
+  (full reorthogonalization, twice; restart with a fresh random vector orthogonal to Q when
+  the Krylov space becomes invariant); the cost is O(m n) memory.
   The returned residuals ||H y - theta y|| are computed with k extra products: the classic
   free estimate |beta_m s_m| drops below the rounding floor the computed vectors can reach.
 * Hutchinson's trace estimator: for Rademacher z (entries +-1 with probability 1/2),
@@ -57,6 +56,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from optlab import _tree
+from optlab.linalg.lanczos import _unit, lanczos, tridiagonal
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -142,12 +142,6 @@ def _flat_operator(loss_fn: LossFn, params: Params):
 
 def _default_key(key: jax.Array | None) -> jax.Array:
     return jax.random.key(0) if key is None else key
-
-
-def _unit(v: jax.Array, fallback: jax.Array) -> jax.Array:
-    """v / ||v||, or ``fallback`` where v is zero (no division by zero)."""
-    nrm = jnp.linalg.norm(v)
-    return jnp.where(nrm > 0, v / jnp.where(nrm > 0, nrm, 1.0), fallback)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("k", "max_iters"))
@@ -258,37 +252,12 @@ def hessian_eigenvalues_power(
 def _lanczos(loss_fn, params, key, *, k: int, num_iters: int):
     n, dtype, matvec, unravel = _flat_operator(loss_fn, params)
     m = num_iters
-    # A new direction whose component outside span(Q) is below this fraction of ||H q|| is
-    # rounding noise: treat the Krylov space as invariant and restart (beta = 0).
-    breakdown = jnp.sqrt(jnp.finfo(dtype).eps)
-
-    def orthogonalize(basis, w):
-        w = w - basis.T @ (basis @ w)
-        return w - basis.T @ (basis @ w)  # twice is enough
-
-    def step(i, carry):
-        basis, alphas, betas, q = carry
-        basis = basis.at[i].set(q)
-        hq = matvec(q)
-        alpha = jnp.vdot(q, hq)
-        w = orthogonalize(basis, hq)  # removes alpha q, beta q_prev and all rounding drift
-        beta = jnp.linalg.norm(w)
-        broke = beta <= breakdown * jnp.linalg.norm(hq)
-        fresh = orthogonalize(basis, jax.random.normal(jax.random.fold_in(key, i + 1), (n,), dtype))
-        q_next = jnp.where(
-            broke, _unit(fresh, jnp.zeros((n,), dtype)), w / jnp.where(broke, 1.0, beta)
-        )
-        beta = jnp.where(broke, 0.0, beta)
-        return basis, alphas.at[i].set(alpha), betas.at[i].set(beta), q_next
-
     q0 = _unit(
         jax.random.normal(jax.random.fold_in(key, 0), (n,), dtype),
         jnp.ones((n,), dtype) / jnp.sqrt(n),
     )
-    init = (jnp.zeros((m, n), dtype), jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), q0)
-    basis, alphas, betas, _ = jax.lax.fori_loop(0, m, step, init)
-    off = betas[:-1]
-    tri = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    basis, alphas, betas = lanczos(matvec, q0, m, key)
+    tri = tridiagonal(alphas, betas)
     theta, s = jnp.linalg.eigh(tri)  # ascending
     idx = jnp.arange(m - 1, m - 1 - k, -1)
     vecs = s[:, idx].T @ basis
