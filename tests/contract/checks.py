@@ -418,14 +418,21 @@ def check_checkpoint_roundtrip(
 
 
 # -- 6. sharding (results come from sharded_runner.py in a subprocess) -----------------------------
-def run_sharded_runner(out_path: Path, timeout: float = 900.0) -> dict[str, Any]:
-    """Launch ``sharded_runner.py`` once (all subjects) on an 8-device CPU mesh; return its JSON."""
+def sharded_subprocess_env() -> dict[str, str]:
+    """This process's environment for a subprocess that sees ``N_SHARDED_DEVICES`` CPU devices
+    (any device-count flag already in ``XLA_FLAGS`` replaced) and can import the repository."""
     env = dict(os.environ)
     flag = f"--xla_force_host_platform_device_count={N_SHARDED_DEVICES}"
     kept = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device" not in f]
     env["XLA_FLAGS"] = " ".join([*kept, flag])
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_sharded_runner(out_path: Path, timeout: float = 900.0) -> dict[str, Any]:
+    """Launch ``sharded_runner.py`` once (all subjects) on an 8-device CPU mesh; return its JSON."""
+    env = sharded_subprocess_env()
     proc = subprocess.run(
         [sys.executable, str(SHARDED_RUNNER), str(out_path)],
         cwd=REPO_ROOT,

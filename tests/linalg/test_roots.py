@@ -1,6 +1,6 @@
 """inverse_root against float64 numpy eigh (the exact reference)."""
 
-import os
+import json
 import subprocess
 import sys
 import textwrap
@@ -17,6 +17,7 @@ from optlab.linalg import (
     matrix_power,
     max_eigenvalue_estimate,
 )
+from tests.contract.checks import N_SHARDED_DEVICES, sharded_subprocess_env
 
 METHODS = ["eigh", "eigh64", "newton", "auto"]
 
@@ -213,16 +214,11 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_roots_under_8_device_sharding():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=sharded_subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["devices"] == 8
+    assert result["devices"] == N_SHARDED_DEVICES == 8
     for method in ("auto", "eigh64", "eigh"):
         diff, scale, _ = result[method]
         assert diff <= 1e-5 * scale, (method, diff, scale)
