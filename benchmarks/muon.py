@@ -60,7 +60,7 @@ from _workloads import (  # noqa: E402
 )
 
 from optlab.linalg import default_steps, orthogonality_error  # noqa: E402
-from optlab.muon import muon, muon_labels, resolve_method, scale_by_muon  # noqa: E402
+from optlab._src.muon import muon, muon_labels, resolve_method, scale_by_muon  # noqa: E402
 
 LR = 0.02
 

@@ -44,7 +44,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import format_seconds, machine_info, markdown_table  # noqa: E402
 
-from optlab.sam import sam_perturb  # noqa: E402
+from optlab._src.sam import sam_perturb  # noqa: E402
 
 Params = dict[str, jax.Array]
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from optlab.data import batch_iterator, load_digits
 from optlab.models.linear import MLP, LogisticRegression
-from optlab.muon import muon, muon_labels
+from optlab._src.muon import muon, muon_labels
 
 LOGREG_ADAMW_LRS = (3e-3, 1e-2, 3e-2, 1e-1)
 LOGREG_MUON_LRS = (0.01, 0.03, 0.1, 0.3)

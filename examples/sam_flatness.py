@@ -42,7 +42,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from optlab.lab.sharpness import hessian_eigenvalues_lanczos, hessian_trace
-from optlab.sam import sam_perturb
+from optlab._src.sam import sam_perturb
 
 
 class MLP(nnx.Module):

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from optlab.linalg import orthogonalize
-from optlab.muon import (
+from optlab._src.muon import (
     MUON_EXCLUDED_NAMES,
     MuonDimensionNumbers,
     ScaleByMuonState,

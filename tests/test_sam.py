@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from optlab import _tree
-from optlab.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
+from optlab._src import tree as _tree
+from optlab._src.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
 
 
 @pytest.fixture

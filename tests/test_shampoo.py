@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from optlab.shampoo import ShampooState, scale_by_shampoo, shampoo
+from optlab._src.shampoo import ShampooState, scale_by_shampoo, shampoo
 
 RAW = {"grafting": "none", "precondition_every": 1, "start_preconditioning_step": 0,
        "root_method": "eigh", "eps_floor": 0.0}

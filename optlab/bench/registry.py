@@ -166,7 +166,7 @@ def sam(
 
     The update needs ``params`` and ``grad_fn`` (the gradient of the same batch's loss).
     """
-    from optlab.sam import sam as optlab_sam
+    from optlab._src.sam import sam as optlab_sam
 
     base = optax.chain(*_l2(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
     return optlab_sam(base, rho=rho, p=p, adaptive=adaptive)
@@ -191,7 +191,7 @@ def shampoo(
     versions used ``"newton"`` here to avoid a jaxlib 0.10.2 deadlock of concurrent batched CPU
     ``eigh`` calls; ``scale_by_shampoo`` now serializes its ``eigh`` calls itself.)
     """
-    from optlab.shampoo import shampoo as optlab_shampoo
+    from optlab._src.shampoo import shampoo as optlab_shampoo
 
     return optlab_shampoo(
         learning_rate,
@@ -219,8 +219,8 @@ def muon(
     AdamW at ``adam_learning_rate``. ``kwargs`` go to ``optlab.muon.muon``.
     """
     from optlab.models import STEM_NAMES
-    from optlab.muon import MUON_EXCLUDED_NAMES, muon_labels
-    from optlab.muon import muon as optlab_muon
+    from optlab._src.muon import MUON_EXCLUDED_NAMES, muon_labels
+    from optlab._src.muon import muon as optlab_muon
 
     if exclude_stem and "labels" not in kwargs:
         exclude = (*MUON_EXCLUDED_NAMES, *STEM_NAMES)

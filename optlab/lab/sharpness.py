@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from optlab import _tree
+from optlab._src import tree as _tree
 from optlab.linalg.lanczos import _unit, lanczos, tridiagonal
 
 Params = Any

@@ -65,7 +65,7 @@ SUBJECTS: list[Subject] = [
 
 
 def _sam_adamw(rho: float, learning_rate: float) -> optax.GradientTransformation:
-    from optlab.sam import sam_perturb  # not re-exported from optlab yet
+    from optlab._src.sam import sam_perturb  # not re-exported from optlab yet
 
     return optax.chain(sam_perturb(rho), optax.adamw(learning_rate))
 
@@ -83,7 +83,7 @@ SUBJECTS.append(
 
 
 def _shampoo(learning_rate: float, b1: float, weight_decay: float) -> optax.GradientTransformation:
-    from optlab.shampoo import shampoo
+    from optlab._src.shampoo import shampoo
 
     # Roots every 2 steps from step 1: the contract's problems are tiny, the schedule is not.
     # eps = 1e-3: the first statistics have rank 1-2, and with a 1e-6 ridge their null space is
@@ -93,7 +93,7 @@ def _shampoo(learning_rate: float, b1: float, weight_decay: float) -> optax.Grad
 
 
 def _scale_by_shampoo_then_sgd(learning_rate: float, beta2: float) -> optax.GradientTransformation:
-    from optlab.shampoo import scale_by_shampoo
+    from optlab._src.shampoo import scale_by_shampoo
 
     # A user's own chain: Shampoo's preconditioning, then optax's SGD with heavy-ball momentum.
     return optax.chain(
@@ -128,7 +128,7 @@ SUBJECTS.append(
 
 
 def _muon(learning_rate: float, beta: float, weight_decay: float) -> optax.GradientTransformation:
-    from optlab.muon import muon  # the full optimizer: Muon on "w", AdamW on rank < 2 leaves
+    from optlab._src.muon import muon  # the full optimizer: Muon on "w", AdamW on rank < 2 leaves
 
     return muon(learning_rate, beta=beta, weight_decay=weight_decay)
 
@@ -136,7 +136,7 @@ def _muon(learning_rate: float, beta: float, weight_decay: float) -> optax.Gradi
 def _scale_by_muon_chain(learning_rate: float, beta: float) -> optax.GradientTransformation:
     # scale_by_muon rejects rank < 2 leaves by design, so the documented recipe routes them
     # (the bias; all of parabola / rosenbrock) to scale_by_adam with optax.partition.
-    from optlab.muon import muon_labels, scale_by_muon
+    from optlab._src.muon import muon_labels, scale_by_muon
 
     return optax.chain(
         optax.partition(

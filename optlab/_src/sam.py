@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import _tree
+from optlab._src import tree as _tree
 
 Params = Any
 Numeric = float | int | jax.Array | np.ndarray
@@ -247,7 +247,7 @@ def sam_perturb(
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
-      >>> from optlab.sam import sam_perturb
+      >>> from optlab import sam_perturb
       >>> loss = lambda w: jnp.sum(w ** 4)
       >>> tx = optax.chain(sam_perturb(rho=0.05), optax.sgd(0.1))
       >>> w = jnp.array([1.0, -2.0]); state = tx.init(w)
@@ -325,7 +325,7 @@ def sam(
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
-      >>> from optlab.sam import sam
+      >>> from optlab import sam
       >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
       >>> tx = sam(optax.sgd(0.1), rho=0.05)
       >>> w = jnp.zeros(3); state = tx.init(w)

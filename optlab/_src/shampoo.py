@@ -61,7 +61,7 @@ import numpy as np
 import optax
 
 from optlab import linalg
-from optlab._shampoo_layout import Kind, Layout, make_layout
+from optlab._src.kronecker_layout import Kind, Layout, make_layout
 from optlab.linalg._ordering import after
 
 GRAFTING = ("none", "sgd", "adagrad", "rmsprop", "adam")
@@ -73,7 +73,7 @@ class ShampooState(NamedTuple):
 
     Attributes:
       count: steps taken (skipped steps excluded).
-      stats: all statistics in one flat float32 buffer (layout: ``optlab._shampoo_layout``).
+      stats: all statistics in one flat float32 buffer (layout: ``optlab._src.kronecker_layout``).
       roots: the current inverse roots of the matrix statistics, same layout without diagonals.
       graft: the grafting optimizer's state (parameter-shaped).
       rejected_roots: how many roots were rejected (non-finite or residual too large).
