@@ -12,18 +12,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optlab._src.common import at_least_float32 as compute_dtype
+from optlab._src.common import upcast
+
 PyTree = Any
 
-
-def compute_dtype(dtype: Any) -> jnp.dtype:
-    """The dtype reductions over ``dtype`` leaves run in: at least float32."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def upcast(x: jax.Array) -> jax.Array:
-    """``x`` as a floating array of at least float32 precision."""
-    x = jnp.asarray(x)
-    return x.astype(compute_dtype(x.dtype))
+__all__ = ["compute_dtype", "global_max_abs", "global_norm", "upcast"]
 
 
 def _leaves(tree: PyTree) -> list[jax.Array]:

@@ -1,0 +1,278 @@
+r"""What every optlab transform shares: hyperparameter validation, dtypes, the NaN/Inf policy.
+
+Validation
+    Every public factory checks its arguments here, at construction, and raises ``ValueError``
+    naming the argument and the accepted range (never a ``TypeError`` from a comparison, never a
+    trace from inside ``jit``). Values that are JAX arrays pass unchecked: under
+    ``optax.inject_hyperparams`` they are traced, and they were checked as Python numbers when
+    the user constructed the optimizer.
+
+Dtypes
+    Statistics, norms and matrix kernels run in at least float32 (:func:`at_least_float32`):
+    bfloat16/float16 gradients neither lose precision nor overflow when squared and summed; the
+    update comes back in the gradient's dtype. optlab's optimizers are defined for real
+    floating parameters: a leaf of an integer, boolean or complex dtype is rejected at ``init``
+    with an error naming the leaf and its dtype (:func:`check_leaf_dtypes`) rather than crashing
+    inside ``jit`` or silently dropping an imaginary part; route such leaves elsewhere with
+    ``optax.partition`` (e.g. to ``optax.set_to_zero()``).
+
+The NaN/Inf policy (:func:`skip_nonfinite`)
+    One rule for every optlab optimizer and alias: a step whose incoming gradient holds a NaN or
+    an Inf, or whose result would put a non-finite value into the optimizer state or the update
+    (a finite but huge gradient whose square overflows a statistic, a SAM gradient that is NaN at
+    the perturbed point), is skipped: the update is exactly zero, the whole inner state is left
+    as it was, and ``skipped_steps`` is incremented. Nothing non-finite ever enters the state, so
+    the optimizer continues normally on the next good gradient. ``optax.apply_if_finite`` checks
+    only the incoming gradient; overflowing statistics would get through it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "SkipNonFiniteState",
+    "at_least_float32",
+    "check_bool",
+    "check_choice",
+    "check_dtype",
+    "check_int",
+    "check_leaf_dtypes",
+    "check_learning_rate",
+    "check_number",
+    "is_inexact",
+    "skip_nonfinite",
+    "tree_all_finite",
+    "upcast",
+]
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _is_array(value: Any) -> bool:
+    return isinstance(value, jax.Array | np.ndarray | np.generic)
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return "a finite real number"
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+    allow_inf: bool = False,
+) -> None:
+    """A real scalar in the given interval (``None`` only if ``allow_none``; NaN never).
+
+    JAX and NumPy scalars are accepted; a traced value (``optax.inject_hyperparams`` under
+    ``jit``) cannot be checked and passes.
+    """
+    accepted = _interval(low, high, low_open, high_open)
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(f"{name} must be {accepted}, got None")
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_array(value)):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    arr = np.asarray(value)
+    if arr.shape != () or not (np.issubdtype(arr.dtype, np.integer)
+                               or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must be a real scalar {accepted}, got {value!r}")
+    v = float(arr)
+    bad = (
+        math.isnan(v)
+        or (math.isinf(v) and not allow_inf)
+        or (low is not None and (v <= low if low_open else v < low))
+        or (high is not None and (v >= high if high_open else v > high))
+    )
+    if bad:
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> None:
+    """A Python (or NumPy) integer ``>= minimum``; ``None`` only if ``allow_none``."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < minimum:
+        none = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{none}, got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if not isinstance(value, str | type(None)) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
+    """A finite number ``>= 0`` or an optax schedule (a callable ``count -> lr``).
+
+    ``None`` is rejected: ``optax.scale_by_learning_rate(None)`` would silently be an identity
+    (gradient ascent with unit steps once negated).
+    """
+    if callable(value) and not _is_array(value):
+        return
+    if value is None:
+        raise ValueError(f"{name} is required: a float >= 0 or an optax schedule, got None")
+    try:
+        check_number(name, value, low=0.0)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a float >= 0 or an optax schedule, got {value!r}"
+        ) from None
+
+
+def check_dtype(name: str, dtype: Any, *, allow_none: bool = True) -> None:
+    """``None`` (if allowed) or a floating dtype."""
+    if dtype is None and allow_none:
+        return
+    try:
+        ok = dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        ok = False
+    if not ok:
+        none = "None or " if allow_none else ""
+        raise ValueError(f"{name} must be {none}a floating dtype, got {dtype!r}")
+
+
+# -- dtypes ----------------------------------------------------------------------------------------
+def at_least_float32(dtype: Any) -> jnp.dtype:
+    """The dtype statistics and kernels over ``dtype`` values run in: at least float32
+    (float64 stays float64; bfloat16/float16 and integers become float32)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def upcast(x: Any) -> jax.Array:
+    """``x`` as a floating array of at least float32 precision."""
+    x = jnp.asarray(x)
+    return x.astype(at_least_float32(x.dtype))
+
+
+def is_inexact(x: Any) -> bool:
+    """Whether a leaf is a floating or complex array (only those can be non-finite)."""
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def check_leaf_dtypes(params: Any, transform: str) -> None:
+    """Reject non-floating leaves at ``init`` with an error naming the leaf and its dtype.
+
+    optlab's transforms are defined for real floating parameters: their statistics, norms and
+    polar factors would silently drop or mangle an imaginary part, and integer leaves have no
+    gradient to precondition (``jax.grad`` gives them ``float0``).
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"{transform} supports real floating parameters only; the leaf "
+                f"{jax.tree_util.keystr(path) or '(root)'} has dtype {dtype} (route it elsewhere "
+                "with optax.partition, e.g. to optax.set_to_zero())"
+            )
+
+
+# -- the NaN/Inf policy ----------------------------------------------------------------------------
+def tree_all_finite(tree: Any) -> jax.Array:
+    """Whether every floating leaf of ``tree`` is finite (a scalar bool; True for no leaves)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if is_inexact(x)]
+    if not checks:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack(checks)) if len(checks) > 1 else checks[0]
+
+
+class SkipNonFiniteState(NamedTuple):
+    """State of an optlab optimizer under the NaN/Inf policy (:func:`skip_nonfinite`).
+
+    Attributes:
+      inner: the wrapped transform's state (never holds a non-finite value).
+      skipped_steps: int32 count of the steps skipped for a non-finite gradient, state or update.
+    """
+
+    inner: optax.OptState
+    skipped_steps: jax.Array
+
+
+def skip_nonfinite(
+    inner: optax.GradientTransformation,
+    *,
+    state_is_finite: Callable[[optax.OptState], jax.Array] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``inner`` under optlab's NaN/Inf policy (module docstring): a bad step changes nothing.
+
+    The inner update runs (under ``lax.cond``) only when the incoming gradient is finite; its
+    result is kept only if the new inner state and the update are finite too. Otherwise the
+    update is zero, the inner state is unchanged and ``skipped_steps`` grows by one. Extra keyword
+    arguments of ``update`` (e.g. SAM's ``grad_fn``) are passed on to ``inner``, unknown ones are
+    ignored as optax's ``with_extra_args_support`` does.
+
+    Args:
+      inner: any optax transform.
+      state_is_finite: a cheaper check of the new inner state than reading every element, for
+        transforms that know where a non-finite value would show first (Shampoo checks the
+        diagonals of its statistics); default: every floating leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from optlab._src.common import skip_nonfinite
+      >>> tx = skip_nonfinite(optax.adam(0.1))
+      >>> state = tx.init(jnp.zeros(2))
+      >>> updates, state = tx.update(jnp.array([1.0, jnp.nan]), state)
+      >>> updates.tolist(), int(state.skipped_steps)
+      ([0.0, 0.0], 1)
+    """
+    inner = optax.with_extra_args_support(inner)
+    check_state = tree_all_finite if state_is_finite is None else state_is_finite
+
+    def init_fn(params):
+        return SkipNonFiniteState(inner=inner.init(params), skipped_steps=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        def run():
+            new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
+            ok = jnp.logical_and(check_state(new_inner), tree_all_finite(new_updates))
+            return new_updates, new_inner, ok
+
+        def skip():
+            # Zeros shaped like what inner would return (its dtypes may differ from the input's).
+            shapes = jax.eval_shape(lambda: inner.update(updates, state.inner, params,
+                                                         **extra_args)[0])
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            return zeros, state.inner, jnp.asarray(False)
+
+        new_updates, new_inner, ok = jax.lax.cond(tree_all_finite(updates), run, skip)
+        # Both branches of this cond have the result computed already; a second cond (not a
+        # select per leaf) keeps XLA from emitting one select kernel per state leaf.
+        new_updates, new_inner = jax.lax.cond(
+            ok,
+            lambda: (new_updates, new_inner),
+            lambda: (jax.tree.map(jnp.zeros_like, new_updates), state.inner),
+        )
+        skipped = state.skipped_steps + jnp.where(ok, 0, 1).astype(jnp.int32)
+        return new_updates, SkipNonFiniteState(inner=new_inner, skipped_steps=skipped)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
