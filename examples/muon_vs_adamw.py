@@ -1,7 +1,8 @@
 """Muon vs AdamW on (a) multinomial logistic regression and (b) an MLP on the digits data.
 
-(a) Seed 000 ("Shampoo and Muon") only names "a simple comparison of Muon and AdamW on a small
-    logistic regression task" without its setup, so this is our own: softmax (multinomial)
+(a) D. Merkulov's seminar "Stories from training neural networks" (its "Shampoo and Muon"
+    part) only names "a simple comparison of Muon and AdamW on a small logistic regression
+    task" without its setup, so this is our own: softmax (multinomial)
     logistic regression ``logits = x W + b`` with ``W`` of shape (64, 10) on synthetic data
     (4000 train / 2000 test points, 10 overlapping Gaussian classes in 64 dimensions, so the
     loss cannot reach 0, with feature scales spread over 100x, so that the problem is
@@ -42,9 +43,9 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from optlab import muon, muon_labels
 from optlab.data import batch_iterator, load_digits
 from optlab.models.linear import MLP, LogisticRegression
-from optlab._src.muon import muon, muon_labels
 
 LOGREG_ADAMW_LRS = (3e-3, 1e-2, 3e-2, 1e-1)
 LOGREG_MUON_LRS = (0.01, 0.03, 0.1, 0.3)
@@ -53,8 +54,9 @@ MLP_MUON_LRS = (3e-3, 0.01, 0.03, 0.1)
 
 
 # -- (a) logistic regression ----------------------------------------------------------------------
-def make_classes(n_train: int = 4000, n_test: int = 2000, dim: int = 64, classes: int = 10,
-                 seed: int = 0) -> tuple[np.ndarray, ...]:
+def make_classes(
+    n_train: int = 4000, n_test: int = 2000, dim: int = 64, classes: int = 10, seed: int = 0
+) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(classes, dim)) * 0.25  # overlapping classes
     scales = np.logspace(-1, 1, dim)  # ill-conditioned features
@@ -68,8 +70,9 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def train_full_batch(model: nnx.Module, tx: optax.GradientTransformation, x, y, x_test, y_test,
-                     steps: int) -> dict[str, Any]:
+def train_full_batch(
+    model: nnx.Module, tx: optax.GradientTransformation, x, y, x_test, y_test, steps: int
+) -> dict[str, Any]:
     graphdef, params = nnx.split(model, nnx.Param)
     state = tx.init(params)
 
@@ -109,11 +112,19 @@ def logistic_regression(steps: int = 300) -> dict[str, Any]:
     # Rank rule only (no name exclusions): the (64, 10) kernel to Muon, the bias to AdamW.
     labels = functools.partial(muon_labels, exclude=())
     for lr in tqdm(LOGREG_MUON_LRS, desc="(a) logreg Muon"):
-        tx = muon(cosine(lr, steps), adam_learning_rate=cosine(best_adamw, steps),
-                     labels=labels)
+        tx = muon(cosine(lr, steps), adam_learning_rate=cosine(best_adamw, steps), labels=labels)
         runs["muon"][lr] = train_full_batch(model(), tx, x, y, x_test, y_test, steps)
-    return {"setup": {"train": len(y), "test": len(y_test), "dim": x.shape[1], "classes": 10,
-                      "steps": steps, "full_batch": True}, "runs": runs}
+    return {
+        "setup": {
+            "train": len(y),
+            "test": len(y_test),
+            "dim": x.shape[1],
+            "classes": 10,
+            "steps": steps,
+            "full_batch": True,
+        },
+        "runs": runs,
+    }
 
 
 # -- (b) MLP on digits ----------------------------------------------------------------------------
@@ -137,14 +148,19 @@ def train_mlp(tx_fn, lr: float, seed: int, data, epochs: int, batch: int) -> dic
     full_loss = jax.jit(loss_fn)
     curve = []
     for epoch in range(epochs):
-        for xb, yb in batch_iterator(x, y, batch_size=batch, seed=seed, epochs=1,
-                                     start_epoch=epoch, drop_remainder=True):
+        for xb, yb in batch_iterator(
+            x, y, batch_size=batch, seed=seed, epochs=1, start_epoch=epoch, drop_remainder=True
+        ):
             params, state, _ = step(params, state, xb, yb)
         curve.append(float(full_loss(params, x, y)))
     logits = jax.jit(lambda p, xb: nnx.merge(graphdef, p)(xb))(params, x_test)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == y_test))
-    return {"train_loss": curve[-1], "train_loss_epoch5": curve[min(4, epochs - 1)],
-            "test_acc": acc, "curve": curve}
+    return {
+        "train_loss": curve[-1],
+        "train_loss_epoch5": curve[min(4, epochs - 1)],
+        "test_acc": acc,
+        "curve": curve,
+    }
 
 
 def digits_mlp(epochs: int = 30, batch: int = 128, seeds: tuple[int, ...] = (0, 1, 2)):
@@ -179,8 +195,17 @@ def digits_mlp(epochs: int = 30, batch: int = 128, seeds: tuple[int, ...] = (0, 
     for lr, s in tqdm(grid, desc="(b) digits Muon"):
         results.setdefault(lr, []).append(train_mlp(muon_tx, lr, s, data, epochs, batch))
     runs["muon"] = {lr: summarize(r) for lr, r in results.items()}
-    return {"setup": {"train": data.num_train, "test": data.num_test, "hidden": [256, 256],
-                      "epochs": epochs, "batch": batch, "seeds": list(seeds)}, "runs": runs}
+    return {
+        "setup": {
+            "train": data.num_train,
+            "test": data.num_test,
+            "hidden": [256, 256],
+            "epochs": epochs,
+            "batch": batch,
+            "seeds": list(seeds),
+        },
+        "runs": runs,
+    }
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -193,12 +218,14 @@ def report(name: str, result: dict[str, Any]) -> list[str]:
     lines = [f"{name}:"]
     for opt, runs in result["runs"].items():
         lr, r = best(runs)
-        grid = ", ".join(f"lr={k:g}: loss {v['train_loss']:.4g} acc {v['test_acc']:.3f}"
-                         for k, v in runs.items())
-        early = (f", after 5 epochs {r['train_loss_epoch5']:.4f}"
-                 if "train_loss_epoch5" in r else "")
-        lines.append(f"  {opt:5s} best lr {lr:g}: final train loss {r['train_loss']:.4g}"
-                     f"{early}, test accuracy {r['test_acc']:.3f}   [{grid}]")
+        grid = ", ".join(
+            f"lr={k:g}: loss {v['train_loss']:.4g} acc {v['test_acc']:.3f}" for k, v in runs.items()
+        )
+        early = f", after 5 epochs {r['train_loss_epoch5']:.4f}" if "train_loss_epoch5" in r else ""
+        lines.append(
+            f"  {opt:5s} best lr {lr:g}: final train loss {r['train_loss']:.4g}"
+            f"{early}, test accuracy {r['test_acc']:.3f}   [{grid}]"
+        )
     return lines
 
 
@@ -209,8 +236,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (name, xlabel) in zip(axes, [("logistic_regression", "step"),
-                                         ("digits_mlp", "epoch")], strict=True):
+    for ax, (name, xlabel) in zip(
+        axes, [("logistic_regression", "step"), ("digits_mlp", "epoch")], strict=True
+    ):
         for opt, runs in results[name]["runs"].items():
             lr, r = best(runs)
             ax.semilogy(np.arange(1, len(r["curve"]) + 1), r["curve"], label=f"{opt} (lr {lr:g})")
@@ -230,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300, help="logistic regression steps")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    results = {"logistic_regression": logistic_regression(args.steps),
-               "digits_mlp": digits_mlp(args.epochs)}
+    results = {
+        "logistic_regression": logistic_regression(args.steps),
+        "digits_mlp": digits_mlp(args.epochs),
+    }
     results["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))

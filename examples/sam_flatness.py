@@ -41,8 +41,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from optlab import sam_perturb
 from optlab.lab.sharpness import hessian_eigenvalues_lanczos, hessian_trace
-from optlab._src.sam import sam_perturb
 
 
 class MLP(nnx.Module):

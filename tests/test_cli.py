@@ -29,7 +29,11 @@ def test_help_lists_subcommands(capsys):
 def test_list(capsys):
     code, out, _ = _run(["compare", "--list"], capsys)
     assert code == 0
-    assert "digits-lenet5" in out and "muon" in out and "seed 002" in out
+    assert "digits-lenet5" in out and "muon" in out and "Kuznetsova (2023) sec. 4.1" in out
+    # Works are cited by author and title, never by internal file names.
+    assert "seed 00" not in out.lower()
+    assert "An experimental study of modern curvature-aware optimization methods" in out
+    assert "[profiled by steps]" in out
 
 
 @pytest.mark.parametrize(
@@ -44,6 +48,10 @@ def test_list(capsys):
         (["compare", "--epochs", "two"], "--epochs"),
         (["compare", "--batch-size", "0"], "--batch-size"),
         (["compare", "--target", "1.5"], "--target"),
+        (["compare", "--target", "high"], "--target"),
+        (["compare", "--steps", "0"], "--steps"),
+        (["compare", "--seed", "-1"], "--seed"),
+        (["compare", "--schedule", "linear"], "unknown schedule 'linear'"),
         (["compare", "--hp", "sam.rho"], "malformed --hp"),
         (["compare", "--hp", "rho=0.1"], "malformed --hp"),
         (["compare", "--hp", "sam.rhoo=0.1"], "no hyperparameter 'rhoo'"),

@@ -1,7 +1,8 @@
 """Shampoo as an adapted Muon: the factorization of a Shampoo update and semi-orthogonality.
 
-Reference: "Clarifying Shampoo" (arXiv 2602.09314, seed 003); the no-accumulation special case
-is seed 000's derivation that Shampoo without accumulation is Muon.
+References: Eschenhagen, Cai, Lee, Shi, "Clarifying Shampoo", arXiv:2602.09314; the
+no-accumulation special case is the derivation, in D. Merkulov's seminar "Stories from training
+neural networks", that Shampoo without accumulation is Muon.
 
 Decomposition. Let ``M = U S V^T`` be the thin SVD of an ``m x n`` (momentum) gradient and
 ``L`` (``m x m``), ``R`` (``n x n``) Shampoo's statistics (e.g. ``L = sum_t G_t G_t^T``,
@@ -133,18 +134,26 @@ def shampoo_muon_decomposition(
     if left_stat.shape != (*batch, rows, rows):
         raise ValueError(
             f"left_stat must have shape {(*batch, rows, rows)} for m of shape {m.shape}, "
-            f"got {left_stat.shape}")
+            f"got {left_stat.shape}"
+        )
     if right_stat.shape != (*batch, cols, cols):
         raise ValueError(
             f"right_stat must have shape {(*batch, cols, cols)} for m of shape {m.shape}, "
-            f"got {right_stat.shape}")
+            f"got {right_stat.shape}"
+        )
     for name, value in (("eps", eps), ("eps_floor", eps_floor)):
         if not isinstance(value, jax.Array) and not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     dtype = _compute_dtype(m, left_stat, right_stat)
-    return _decompose(m.astype(dtype), left_stat.astype(dtype), right_stat.astype(dtype),
-                      jnp.asarray(eps, dtype), jnp.asarray(eps_floor, dtype),
-                      p=p, root_method=root_method)
+    return _decompose(
+        m.astype(dtype),
+        left_stat.astype(dtype),
+        right_stat.astype(dtype),
+        jnp.asarray(eps, dtype),
+        jnp.asarray(eps_floor, dtype),
+        p=p,
+        root_method=root_method,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("p", "root_method"))
@@ -227,7 +236,8 @@ def semi_orthogonality(updates: jax.Array) -> SemiOrthogonality:
     if updates.ndim < 3:
         raise ValueError(
             f"updates must be a sequence of matrices of shape [T, ..., m, n], "
-            f"got shape {updates.shape}")
+            f"got shape {updates.shape}"
+        )
     return _semi_orthogonality(updates.astype(_compute_dtype(updates)))
 
 
@@ -237,7 +247,9 @@ def _semi_orthogonality(updates: jax.Array) -> SemiOrthogonality:
         updates = _mT(updates)
     gram = _matmul(updates, _mT(updates))
     steps = jnp.arange(1, gram.shape[0] + 1, dtype=gram.dtype).reshape(
-        (-1,) + (1,) * (gram.ndim - 1))
+        (-1,) + (1,) * (gram.ndim - 1)
+    )
     average = jnp.cumsum(gram, axis=0) / steps
-    return SemiOrthogonality(per_step=_identity_distance(gram),
-                             running_average=_identity_distance(average))
+    return SemiOrthogonality(
+        per_step=_identity_distance(gram), running_average=_identity_distance(average)
+    )

@@ -2,11 +2,14 @@ r"""AlgoPerf-style performance profiles and scores over several tasks.
 
 Dahl et al., "Benchmarking Neural Network Training Algorithms", arXiv:2306.07179 (2023),
 sec. 4.5 and the ``scoring/performance_profile.py`` of github.com/mlcommons/algorithmic-
-efficiency; seed 001 ("Как их сравнить? AlgoPerf benchmark": the fraction of tasks solved
-within a factor tau of the fastest, and the normalized area under it, 1.0 = fastest on all).
+efficiency; Merkulov, "Modern optimization methods" (its "How to compare them? AlgoPerf
+benchmark" part: the fraction of tasks solved within a factor tau of the fastest, and the
+normalized area under it, 1.0 = fastest on all; full reference in
+:mod:`optlab.bench.references`).
 
 For optimizers ``s`` and tasks ``w`` with time-to-target ``t[s, w]`` (training seconds until
-the test accuracy first reaches the task's target; ``inf`` when it never does):
+the test accuracy first reaches the task's target, or steps for a task profiled by steps,
+:attr:`optlab.bench.tasks.Task.profile_by`; ``inf`` when it never does):
 
 .. math::
 
@@ -27,7 +30,7 @@ target within 4x of the fastest scores 0. A task that no method solves counts in
 every method (so nobody's profile reaches 1). AlgoPerf takes each submission's time as the
 median over studies of the best trial; ``optlab compare`` runs one trial per method and task.
 
-Worked example (tested in ``tests/bench/test_profiles.py``): two tasks, times (s)
+Worked example (tested in ``tests/bench/test_bench_profiles.py``): two tasks, times (s)
 
 =====  ======  ======
        task 1  task 2

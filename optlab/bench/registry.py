@@ -4,8 +4,8 @@ Each entry is a factory ``(**hyperparameters) -> optax.GradientTransformation`` 
 defaults. Hyperparameters resolve in this order (later wins):
 
 1. the factory's own keyword defaults (generic values, below);
-2. :data:`TASK_DEFAULTS` for the task being run (seed 002's tuned values where they apply,
-   otherwise the quick sweep's choice; :data:`TASK_DEFAULT_SOURCES` says which);
+2. :data:`TASK_DEFAULTS` for the task being run (the values Kuznetsova (2023) tuned where they
+   apply, otherwise the quick sweep's choice; :data:`TASK_DEFAULT_SOURCES` says which);
 3. ``--hp name.key=value`` on the command line.
 
 Any callable that takes hyperparameters as keyword arguments and returns an optax transform
@@ -13,9 +13,10 @@ can be compared too: name it ``module:factory`` (e.g. ``--optimizers sgd,mypkg.o
 see :func:`resolve_optimizer`.
 
 Weight decay. ``sgd``, ``momentum``, ``sam`` and ``adam`` add ``weight_decay * w`` to the
-gradient (coupled L2, PyTorch's ``weight_decay``, which is what seed 002's lambda column
-means for them); ``adamw``, ``lion``, ``shampoo`` and ``muon`` decay decoupled, scaled by the
-learning rate (``w <- w - lr * wd * w``; seed 002 eq. 32 for Lion).
+gradient (coupled L2, PyTorch's ``weight_decay``, which is what the lambda column of
+Kuznetsova (2023) means for them); ``adamw``, ``lion``, ``shampoo`` and ``muon`` decay
+decoupled, scaled by the learning rate (``w <- w - lr * wd * w``; Kuznetsova (2023) eq. 32 for
+Lion).
 
 SAM needs a second gradient at the perturbed point, so its update takes the extra argument
 ``grad_fn`` (:attr:`OptimizerSpec.needs_grad_fn`); the runner supplies it.
@@ -23,7 +24,7 @@ SAM needs a second gradient at the perturbed point, so its update takes the extr
 Default hyperparameters per task
 --------------------------------
 
-Seed 002 (sec. 4) tuned the learning rate ``alpha``, the L2 coefficient ``lambda`` and SAM's
+Kuznetsova (2023, sec. 4) tuned the learning rate ``alpha``, the L2 coefficient ``lambda`` and SAM's
 ``rho`` for LeNet-5 on MNIST (20 epochs, batch 100; ``alpha`` in {0.1, 0.03, 0.01}, larger for
 Shampoo, smaller for Lion; ``lambda`` in {0, 1e-3, 3e-4, 1e-4}) and for ResNet-18 on CIFAR-10:
 
@@ -41,13 +42,13 @@ Shampoo  lr 0.1, lambda 1e-4         lr 2, lambda 0
 Those values are used verbatim for ``mnist-lenet5`` and ``cifar10-resnet18``, except
 Shampoo's: the thesis's Shampoo is the plain ``H^(-1/4) G H^(-1/4)`` update with no grafting,
 whose step size is unrelated to optlab's default (Adam-grafted, so Adam-sized: lr ~1e-3). So
-``shampoo`` there runs seed 002's variant, ``grafting="none"``, ``b2=1`` (summed statistics,
+``shampoo`` there runs the thesis's variant, ``grafting="none"``, ``b2=1`` (summed statistics,
 eq. 28-29), no momentum and new roots every step (eq. 30), at the thesis's learning rate.
 
 For the offline tasks only the learning rate was tuned, by the quick sweep
 ``optlab compare --sweep --task T`` (seed 0, the task's default epochs and batch size, the
 grids of :data:`SWEEP_GRIDS` unless ``--hp opt.learning_rate=v1,v2,...`` replaces one; the
-other hyperparameters as in this table). The rule (:func:`optlab.bench.harness.choose`):
+other hyperparameters as in this table). The rule (:func:`optlab.bench.sweep.choose`):
 set aside runs that end more than 0.02 below their own best test accuracy (unstable); take
 the highest mean test accuracy over the run's evaluations (the area under the
 accuracy-vs-epoch curve, which rewards a high accuracy early and kept); treat points within
@@ -69,16 +70,19 @@ shampoo     1e-2           1e-2        3e-3      3e-2 (e)   3e-3
 muon        0.02           0.01        (unused)  0.05       0.01
 ==========  =============  ==========  ========  =========  ===================
 
-(a) seed 002's LeNet-5 value, which the sweep also chose (SAM with rho 0.1 as in the thesis).
-(b) seed 002's 1e-4 was tuned for MNIST's 12,000 steps; in the digits budget (168 steps) it
-reaches only 0.87, so the sweep's value replaces it. (e) at the top of the swept grid:
-on the Zipf task plain SGD needs a learning rate near 10 (the rare tokens' embedding rows
-get tiny gradients: seed 001's heavy-tail argument for Adam over SGD), and larger values were
-not tried. (m) no value in the grid reaches the target in the budget. The modular task's
-grids: sgd {1, 0.3}, momentum and sam {1, 0.3, 0.1}, adamw {1e-2 .. 3e-4} with wd 0.1,
-lion {1e-3, 3e-4, 1e-4}, muon {0.05 .. 0.005}; the zipf task's: sgd {10, 3, 1}, momentum and
-sam {3, 1, 0.3}. Weight decay: adamw 1e-4 and shampoo 1e-4 on digits-lenet5 (seed 002's
-Shampoo value), factory defaults elsewhere, unless the table says otherwise.
+(a) Kuznetsova (2023)'s LeNet-5 value, which the sweep also chose (SAM with rho 0.1 as in the
+thesis). (b) the thesis's 1e-4 was tuned for MNIST's 12,000 steps; in the digits budget (168
+steps) it reaches only 0.87, so the sweep's value replaces it. (e) at the top of the swept
+grid: on the Zipf task plain SGD needs a learning rate near 10 (the rare tokens' embedding rows
+get tiny gradients: the heavy-tail argument for Adam over SGD in Merkulov, "Modern optimization
+methods"), and larger values were not tried. (m) no value in the grid reaches the target in
+the budget. The sweep flags both cases itself (:class:`optlab.bench.sweep.Choice`). The
+modular task's grids: sgd {1, 0.3}, momentum and sam {1, 0.3, 0.1}, adamw {1e-2 .. 3e-4} with
+wd 0.1, lion {1e-3, 3e-4, 1e-4}, muon {0.05 .. 0.005}; the zipf task's: sgd {10, 3, 1},
+momentum and sam {3, 1, 0.3}. Weight decay: adamw 1e-4 and shampoo 1e-4 on digits-lenet5
+(the thesis's Shampoo value), factory defaults elsewhere, unless the table says otherwise.
+
+The works cited here are listed in full in :mod:`optlab.bench.references`.
 """
 
 from __future__ import annotations
@@ -88,11 +92,17 @@ import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import optax
 
+import optlab
+from optlab.bench.config import check_schedule
+from optlab.bench.references import KUZNETSOVA_2023
+
 Factory = Callable[..., optax.GradientTransformation]
+
+_THESIS = KUZNETSOVA_2023.short
 
 # -- factories ---------------------------------------------------------------------------------
 # Each takes hyperparameters as keyword arguments (the names `--hp` uses) and returns an optax
@@ -150,7 +160,7 @@ def lion(
     b2: float = 0.99,
     weight_decay: float = 0.0,
 ):
-    """Lion (Chen et al. 2023; seed 002 eq. 31-33), ``optax.lion``."""
+    """Lion (Chen et al. 2023; Kuznetsova (2023) eq. 31-33), ``optax.lion``."""
     return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
 
 
@@ -162,14 +172,12 @@ def sam(
     p: float = 2,
     adaptive: bool = False,
 ):
-    """SAM (Foret et al. 2021; seed 002 eq. 22-27) over SGD with momentum: ``optlab.sam``.
+    """SAM (Foret et al. 2021; Kuznetsova (2023) eq. 22-27) over SGD with momentum: ``optlab.sam``.
 
     The update needs ``params`` and ``grad_fn`` (the gradient of the same batch's loss).
     """
-    from optlab._src.sam import sam as optlab_sam
-
     base = optax.chain(*_l2(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
-    return optlab_sam(base, rho=rho, p=p, adaptive=adaptive)
+    return optlab.sam(base, rho=rho, p=p, adaptive=adaptive)
 
 
 def shampoo(
@@ -184,16 +192,14 @@ def shampoo(
     """Shampoo (Gupta et al. 2018): ``optlab.shampoo``; ``kwargs`` go to ``scale_by_shampoo``.
 
     optlab's default grafts Adam's step size onto Shampoo's direction, so Adam-like learning
-    rates apply. ``grafting="none", b2=1.0, b1=0.0`` is seed 002's plain variant, which
+    rates apply. ``grafting="none", b2=1.0, b1=0.0`` is Kuznetsova (2023)'s plain variant, which
     needs a much larger learning rate (0.1 to 2 in the thesis).
 
     ``root_method="auto"``: float32 ``eigh`` on CPU, coupled Newton on accelerators. (Earlier
     versions used ``"newton"`` here to avoid a jaxlib 0.10.2 deadlock of concurrent batched CPU
     ``eigh`` calls; ``scale_by_shampoo`` now serializes its ``eigh`` calls itself.)
     """
-    from optlab._src.shampoo import shampoo as optlab_shampoo
-
-    return optlab_shampoo(
+    return optlab.shampoo(
         learning_rate,
         b1=b1,
         b2=b2,
@@ -214,18 +220,16 @@ def muon(
 ):
     """Muon (Jordan et al. 2024) for hidden matrices and conv kernels, AdamW for the rest.
 
-    Routing is by parameter path (``optlab.muon.muon_labels``): embeddings, output heads,
+    Routing is by parameter path (``optlab.muon_labels``): embeddings, output heads,
     biases and (with ``exclude_stem``, Jordan's advice) the first convolution ``stem`` go to
-    AdamW at ``adam_learning_rate``. ``kwargs`` go to ``optlab.muon.muon``.
+    AdamW at ``adam_learning_rate``. ``kwargs`` go to ``optlab.muon``.
     """
-    from optlab.models import STEM_NAMES
-    from optlab._src.muon import MUON_EXCLUDED_NAMES, muon_labels
-    from optlab._src.muon import muon as optlab_muon
+    from optlab.models import STEM_NAMES  # lazy: the models import Flax
 
     if exclude_stem and "labels" not in kwargs:
-        exclude = (*MUON_EXCLUDED_NAMES, *STEM_NAMES)
-        kwargs["labels"] = lambda params: muon_labels(params, exclude=exclude)
-    return optlab_muon(
+        exclude = (*optlab.MUON_EXCLUDED_NAMES, *STEM_NAMES)
+        kwargs["labels"] = lambda params: optlab.muon_labels(params, exclude=exclude)
+    return optlab.muon(
         learning_rate,
         beta=beta,
         weight_decay=weight_decay,
@@ -272,7 +276,7 @@ class OptimizerSpec:
 
 
 _SPECS = [
-    OptimizerSpec("sgd", sgd, "SGD, constant step (seed 002 eq. 7)"),
+    OptimizerSpec("sgd", sgd, "SGD, constant step (Kuznetsova (2023) eq. 7)"),
     OptimizerSpec("momentum", momentum, "SGD with heavy-ball momentum 0.9"),
     OptimizerSpec("adam", adam, "Adam (optax.adam)"),
     OptimizerSpec("adamw", adamw, "AdamW, decoupled weight decay (optax.adamw)"),
@@ -292,14 +296,14 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({s.name: s for s in _
 
 # -- per-task defaults -------------------------------------------------------------------------
 
-# Seed 002's Shampoo (eq. 28-30): summed statistics, no grafting, no momentum, roots every
+# Kuznetsova (2023)'s Shampoo (eq. 28-30): summed statistics, no grafting, no momentum, roots every
 # step. With optlab's default precondition_every=10 this variant diverges at lr 0.1 on the
 # digits (gradients outside the stale roots' span are amplified); every step, it reaches 0.97.
 _THESIS_SHAMPOO = {"grafting": "none", "b2": 1.0, "b1": 0.0, "precondition_every": 1}
 
 TASK_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
     {
-        # Quick sweep, 12 epochs x 14 steps; sgd and sam agree with seed 002 sec. 4.1.
+        # Quick sweep, 12 epochs x 14 steps; sgd and sam agree with Kuznetsova (2023) sec. 4.1.
         "digits-lenet5": {
             "sgd": {"learning_rate": 0.1, "weight_decay": 0.0},
             "momentum": {"learning_rate": 0.01},
@@ -355,14 +359,14 @@ TASK_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
             "shampoo": {"learning_rate": 3e-3},
             "muon": {"learning_rate": 0.01, "adam_learning_rate": 1e-3},
         },
-        # Seed 002 sec. 4.1, table "LeNet5" (MNIST, 20 epochs, batch 100).
+        # Kuznetsova (2023) sec. 4.1, table "LeNet5" (MNIST, 20 epochs, batch 100).
         "mnist-lenet5": {
             "sgd": {"learning_rate": 0.1, "weight_decay": 0.0},
             "sam": {"learning_rate": 0.03, "rho": 0.1, "weight_decay": 0.0},
             "lion": {"learning_rate": 1e-4, "weight_decay": 0.0},
             "shampoo": {"learning_rate": 0.1, "weight_decay": 1e-4, **_THESIS_SHAMPOO},
         },
-        # Seed 002 sec. 4.2, first table (ResNet-18, CIFAR-10, 20 epochs, batch 100).
+        # Kuznetsova (2023) sec. 4.2, first table (ResNet-18, CIFAR-10, 20 epochs, batch 100).
         "cifar10-resnet18": {
             "sgd": {"learning_rate": 0.1, "weight_decay": 1e-3},
             "sam": {"learning_rate": 0.03, "rho": 0.1, "weight_decay": 3e-4},
@@ -374,15 +378,17 @@ TASK_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
 """``TASK_DEFAULTS[task][optimizer]``: hyperparameters over the factory defaults."""
 
 _SWEPT = "quick sweep (optlab compare --sweep)"
-_AGREES = "seed 002 sec. 4.1 value; the quick sweep agrees"
+_AGREES = f"{_THESIS} sec. 4.1 value; the quick sweep agrees"
+# The two flags of optlab.bench.sweep.Choice, in the words the sweep prints.
 _EDGE = "quick sweep; chosen at the edge of its grid"
+_MISSED = "quick sweep; no value reaches the target"
 
 TASK_DEFAULT_SOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {
         "digits-lenet5": {
             "sgd": _AGREES,
             "sam": _AGREES,
-            "lion": "quick sweep (seed 002's 1e-4 reaches only 0.87 in this budget)",
+            "lion": f"quick sweep; {_THESIS}'s 1e-4 reaches only 0.87 in this budget",
         },
         "digits-mlp": {},
         "logistic": {
@@ -393,21 +399,21 @@ TASK_DEFAULT_SOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             name: _EDGE for name in ("sgd", "momentum", "sam", "adam", "adamw", "lion", "shampoo")
         },
         "modular-transformer": {
-            "sgd": "quick sweep; no value reaches the target",
-            "momentum": "quick sweep; no value reaches the target",
-            "sam": "quick sweep; no value reaches the target",
+            "sgd": _MISSED,
+            "momentum": _MISSED,
+            "sam": _MISSED,
         },
         "mnist-lenet5": {
-            "sgd": "seed 002 sec. 4.1 table",
-            "sam": "seed 002 sec. 4.1 table",
-            "lion": "seed 002 sec. 4.1 table",
-            "shampoo": "seed 002 sec. 4.1 table (plain Shampoo, no grafting)",
+            "sgd": f"{_THESIS} sec. 4.1 table",
+            "sam": f"{_THESIS} sec. 4.1 table",
+            "lion": f"{_THESIS} sec. 4.1 table",
+            "shampoo": f"{_THESIS} sec. 4.1 table (plain Shampoo, no grafting)",
         },
         "cifar10-resnet18": {
-            "sgd": "seed 002 sec. 4.2 table",
-            "sam": "seed 002 sec. 4.2 table",
-            "lion": "seed 002 sec. 4.2 table",
-            "shampoo": "seed 002 sec. 4.2 table (plain Shampoo, no grafting)",
+            "sgd": f"{_THESIS} sec. 4.2 table",
+            "sam": f"{_THESIS} sec. 4.2 table",
+            "lion": f"{_THESIS} sec. 4.2 table",
+            "shampoo": f"{_THESIS} sec. 4.2 table (plain Shampoo, no grafting)",
         },
     }
 )
@@ -415,13 +421,13 @@ TASK_DEFAULT_SOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
 
 SWEEP_GRIDS: Mapping[str, Mapping[str, tuple[Any, ...]]] = MappingProxyType(
     {
-        # Seed 002's grid for SGD-like methods, one step further each way.
+        # Kuznetsova (2023)'s grid for SGD-like methods, one step further each way.
         "sgd": {"learning_rate": (1.0, 0.3, 0.1, 0.03, 0.01)},
         "momentum": {"learning_rate": (0.3, 0.1, 0.03, 0.01, 0.003)},
         "sam": {"learning_rate": (0.3, 0.1, 0.03, 0.01)},
         "adam": {"learning_rate": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4)},
         "adamw": {"learning_rate": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4)},
-        # Seed 002: "smaller values" for Lion (its sign update has unit size per entry).
+        # Kuznetsova (2023): "smaller values" for Lion (its sign update has unit size per entry).
         "lion": {"learning_rate": (1e-2, 3e-3, 1e-3, 3e-4, 1e-4)},
         "shampoo": {"learning_rate": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4)},
         "muon": {"learning_rate": (0.2, 0.1, 0.05, 0.02, 0.01)},
@@ -484,6 +490,32 @@ def hparam_source(name: str, task: str) -> str:
     return TASK_DEFAULT_SOURCES.get(task, {}).get(name, _SWEPT)
 
 
+class BuiltOptimizer(NamedTuple):
+    """An optimizer ready to train with: what :func:`build_optimizer` returns.
+
+    Attributes:
+        name: registry name or ``module:factory``.
+        tx: the transform.
+        hparams: the hyperparameters it was built with (learning rates recorded as numbers
+            even under a schedule).
+        needs_grad_fn: its update takes the extra argument ``grad_fn`` (SAM-style).
+    """
+
+    name: str
+    tx: optax.GradientTransformation
+    hparams: dict[str, Any]
+    needs_grad_fn: bool
+
+
+def check_hparam_names(name: str, overrides: Mapping[str, Any]) -> None:
+    """``KeyError`` naming the first key of ``overrides`` that optimizer ``name`` does not take."""
+    spec = resolve_optimizer(name)
+    for key in overrides:
+        if not spec.accepts(key):
+            known = ", ".join(spec.defaults()) or "none"
+            raise KeyError(f"optimizer {name!r} has no hyperparameter {key!r} (known: {known})")
+
+
 def build_optimizer(
     name: str,
     task: str | None = None,
@@ -491,7 +523,7 @@ def build_optimizer(
     *,
     schedule: str = "constant",
     total_steps: int | None = None,
-) -> tuple[optax.GradientTransformation, dict[str, Any], bool]:
+) -> BuiltOptimizer:
     """Build optimizer ``name`` with ``task``'s defaults and ``overrides``.
 
     Args:
@@ -500,26 +532,24 @@ def build_optimizer(
         overrides: hyperparameters that win over the defaults (``--hp``).
         schedule: ``"constant"``, or ``"cosine"``: every learning rate
             (:attr:`OptimizerSpec.schedule_keys`) becomes
-            ``optax.cosine_decay_schedule(lr, total_steps)``, seed 002 eq. 34 with
+            ``optax.cosine_decay_schedule(lr, total_steps)``, Kuznetsova (2023) eq. 34 with
             ``alpha_min = 0``, decayed per step rather than per epoch.
         total_steps: the run's length in steps (needed for ``"cosine"``).
 
     Returns:
-        ``(tx, hparams, needs_grad_fn)``: the transform, the hyperparameters it was built
-        with (JSON-friendly; schedules recorded by name), and whether its update needs the
-        extra argument ``grad_fn``.
+        A :class:`BuiltOptimizer`: the name, the transform, the hyperparameters it was built
+        with, and whether its update needs the extra argument ``grad_fn``.
 
     Raises:
         KeyError: unknown optimizer or a hyperparameter the factory does not take.
-        ValueError: the factory rejected a value, or a bad schedule.
+        ValueError: the factory rejected a value, or a bad schedule
+            (:class:`optlab.bench.config.BenchError`, a ``ValueError``).
     """
     spec = resolve_optimizer(name)
-    hp = default_hparams(name, task)
-    for key, value in (overrides or {}).items():
-        if not spec.accepts(key):
-            known = ", ".join(spec.defaults()) or "none"
-            raise KeyError(f"optimizer {name!r} has no hyperparameter {key!r} (known: {known})")
-        hp[key] = value
+    check_schedule(schedule)
+    overrides = dict(overrides or {})
+    check_hparam_names(name, overrides)
+    hp = {**default_hparams(name, task), **overrides}
     kwargs = dict(hp)
     if schedule == "cosine":
         if not total_steps or total_steps < 1:
@@ -527,8 +557,6 @@ def build_optimizer(
         for key in spec.schedule_keys:
             if isinstance(kwargs.get(key), int | float) and not isinstance(kwargs[key], bool):
                 kwargs[key] = optax.cosine_decay_schedule(float(kwargs[key]), total_steps)
-    elif schedule != "constant":
-        raise ValueError(f"unknown schedule {schedule!r}; known: constant, cosine")
     try:
         tx = spec.factory(**kwargs)
     except TypeError as e:
@@ -538,4 +566,4 @@ def build_optimizer(
     needs_grad_fn = spec.needs_grad_fn or (
         name not in OPTIMIZERS and isinstance(tx, optax.GradientTransformationExtraArgs)
     )
-    return tx, hp, needs_grad_fn
+    return BuiltOptimizer(name, tx, hp, needs_grad_fn)

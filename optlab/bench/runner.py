@@ -40,7 +40,7 @@ import optax
 from flax import nnx
 
 from optlab import data as data_lib
-from optlab.bench import registry
+from optlab.bench.registry import BuiltOptimizer
 from optlab.bench.tasks import Task
 
 #: Test examples per evaluation batch (the test set is padded to a multiple, one compile).
@@ -106,6 +106,21 @@ class RunResult:
         hit = self._first_hit()
         return None if hit is None else float(hit["train_time"])
 
+    def time_to_target(self, measure: str) -> float:
+        """Time to target for the performance profiles, ``inf`` if missed.
+
+        Args:
+            measure: ``"seconds"`` (training clock) or ``"steps"``: the task's
+                :attr:`~optlab.bench.tasks.Task.profile_by`.
+        """
+        if measure == "seconds":
+            value: float | None = self.seconds_to_target
+        elif measure == "steps":
+            value = self.steps_to_target
+        else:
+            raise ValueError(f"measure must be 'seconds' or 'steps', got {measure!r}")
+        return math.inf if value is None else float(value)
+
     @property
     def wall_s(self) -> float:
         return self.evals[-1]["wall_time"] if self.evals else 0.0
@@ -113,7 +128,7 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer,
-            "hparams": _jsonable(self.hparams),
+            "hparams": jsonable(self.hparams),
             "target": self.target,
             "final_acc": self.final_acc,
             "best_acc": self.best_acc,
@@ -129,11 +144,12 @@ class RunResult:
         }
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """``x`` with mappings and sequences copied and anything not JSON (a schedule) as ``repr``."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, bool | int | str) or x is None:
         return x
     if isinstance(x, float | np.floating):
@@ -256,10 +272,7 @@ def total_steps(ds: data_lib.Dataset, settings: RunSettings) -> int:
 def train_one(
     task: Task,
     ds: data_lib.Dataset,
-    name: str,
-    tx: optax.GradientTransformation,
-    hparams: dict[str, Any],
-    needs_grad_fn: bool,
+    optimizer: BuiltOptimizer,
     settings: RunSettings,
     *,
     evaluate: Callable[..., Any] | None = None,
@@ -269,12 +282,13 @@ def train_one(
 
     Args:
         task, ds: the task and its loaded data.
-        name, tx, hparams, needs_grad_fn: the optimizer (:func:`registry.build_optimizer`).
+        optimizer: the optimizer (:func:`optlab.bench.registry.build_optimizer`).
         settings: budget, batch size, seed and target.
         evaluate: a shared :func:`make_eval_step` (built here when ``None``).
         progress: a tqdm-like bar (``update``, ``set_postfix_str``) or ``None``.
     """
     t_start = time.perf_counter()
+    name, tx, hparams, needs_grad_fn = optimizer
     model = task.make_model(ds, nnx.Rngs(settings.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if evaluate is None:
@@ -373,22 +387,22 @@ def train_one(
 def run_task(
     task: Task,
     ds: data_lib.Dataset,
-    optimizers: Sequence[tuple[str, optax.GradientTransformation, dict[str, Any], bool]],
+    optimizers: Sequence[BuiltOptimizer],
     settings: RunSettings,
     *,
     quiet: bool = False,
 ) -> list[RunResult]:
-    """Train ``task`` with each ``(name, tx, hparams, needs_grad_fn)`` in turn."""
+    """Train ``task`` with each optimizer in turn (one shared evaluation step)."""
     results = []
     evaluate = None
-    for name, tx, hp, needs_grad_fn in optimizers:
+    for optimizer in optimizers:
         bar = None
         if not quiet:
             from tqdm.auto import tqdm
 
             bar = tqdm(
                 total=total_steps(ds, settings),
-                desc=f"{task.name} {name:>9}",
+                desc=f"{task.name} {optimizer.name:>9}",
                 unit="step",
                 leave=True,
                 dynamic_ncols=True,
@@ -399,36 +413,9 @@ def run_task(
             evaluate = make_eval_step(task, nnx.split(model, nnx.Param, ...)[0])
         try:
             results.append(
-                train_one(
-                    task,
-                    ds,
-                    name,
-                    tx,
-                    hp,
-                    needs_grad_fn,
-                    settings,
-                    evaluate=evaluate,
-                    progress=bar,
-                )
+                train_one(task, ds, optimizer, settings, evaluate=evaluate, progress=bar)
             )
         finally:
             if bar is not None:
                 bar.close()
     return results
-
-
-def build_all(
-    task: Task,
-    names: Sequence[str],
-    overrides: Mapping[str, Mapping[str, Any]],
-    n_steps: int,
-    schedule: str = "constant",
-) -> list[tuple[str, optax.GradientTransformation, dict[str, Any], bool]]:
-    """Build every optimizer for ``task`` (before any training, so bad input fails early)."""
-    out = []
-    for name in names:
-        tx, hp, needs = registry.build_optimizer(
-            name, task.name, overrides.get(name, {}), schedule=schedule, total_steps=n_steps
-        )
-        out.append((name, tx, hp, needs))
-    return out

@@ -8,7 +8,8 @@ Offline (no files needed):
 
 * :func:`load_digits` (8x8x1) and :func:`load_digits32` (32x32x1, LeNet-5's input):
   scikit-learn's bundled 1797 handwritten digits (needs the ``[lab]`` extra);
-* :func:`make_logistic_regression`: seed 001's strongly convex logistic regression
+* :func:`make_logistic_regression`: strongly convex logistic regression (Merkulov, "Modern
+  optimization methods"; works cited in full in :mod:`optlab.bench.references`)
   (m = 200, n = 10, mu = 1), with :func:`logistic_regression_objective` and
   :func:`solve_logistic_regression`;
 * :func:`make_zipf_tagging`: token tagging with Zipf-distributed tokens (for the LSTM);

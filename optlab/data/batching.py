@@ -3,7 +3,7 @@
 Epoch ``e`` uses the permutation drawn by ``np.random.default_rng((seed, e))``, so the order
 of any epoch depends only on ``(seed, e)``: a run that stops after epoch 3 and resumes with
 ``start_epoch=3`` sees the same batches as one that never stopped, and two runs with the same
-seed see the same data whatever their optimizer (as the thesis's comparisons need).
+seed see the same data whatever their optimizer (as comparisons like Kuznetsova (2023)'s need).
 """
 
 from __future__ import annotations

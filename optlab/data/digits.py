@@ -4,7 +4,7 @@
 They are the UCI "optdigits" set: 32x32 binary bitmaps summed over non-overlapping 4x4
 blocks, so each pixel is an ink count in ``0..16`` (Alpaydin and Kaynak 1998).
 
-:func:`load_digits32` makes them the shape of LeNet-5's input (seed 002, sec. 4.1) the way
+:func:`load_digits32` makes them the shape of LeNet-5's input (Kuznetsova (2023), sec. 4.1) the way
 LeCun et al. (1998) made MNIST's: the 8x8 field is resized to MNIST's 28x28 field by
 bilinear interpolation (pixel-center aligned, edges clamped; a fixed linear map, so it is
 deterministic), then zero-padded by 2 pixels on each side to 32x32, so that strokes near the

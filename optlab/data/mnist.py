@@ -156,7 +156,7 @@ def load_mnist(
     Args:
         directory: where the files are.
         pad_to_32: zero-pad 2 pixels per side to 32x32, LeNet-5's input (LeCun et al. 1998;
-            the thesis's sec. 4.1).
+            Kuznetsova (2023), sec. 4.1).
         image_size: the image height and width every file must have.
         num_classes: labels must lie in ``[0, num_classes)``.
         name: the returned data set's name (e.g. ``"fashion_mnist"``).

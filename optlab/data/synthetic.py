@@ -1,12 +1,17 @@
 """Generated tasks: no files, no network, deterministic for a given seed.
 
-* :func:`make_logistic_regression`: seed 001's strongly convex binary logistic regression
-  (m = 200, n = 10, mu = 1), with its objective and exact minimizer.
+* :func:`make_logistic_regression`: the strongly convex binary logistic regression of
+  Merkulov, "Modern optimization methods" (m = 200, n = 10, mu = 1), with its objective and
+  exact minimizer.
 * :func:`make_zipf_tagging`: token tagging with Zipf-distributed tokens, for the LSTM tagger
-  (a stand-in for the thesis's CoNLL named-entity task, sec. 4.3, with the heavy-tailed token
-  frequencies of natural language; seed 001's explanation of why Adam beats SGD on language).
+  (a stand-in for the CoNLL named-entity task of Kuznetsova (2023), sec. 4.3, with the
+  heavy-tailed token frequencies of natural language: the lecture's explanation of why Adam
+  beats SGD on language).
 * :func:`make_modular_arithmetic`: ``x o y mod p`` over all pairs, for grokking
-  (Power et al. 2022; seeds 000, 001).
+  (Power et al. 2022; Merkulov, "Stories from training neural networks" and "Modern
+  optimization methods").
+
+The works cited are listed in full in :mod:`optlab.bench.references`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from optlab.data.base import Dataset, frozen, train_test_split
 
 # ---------------------------------------------------------------------------------------------
-# Seed 001: strongly convex binary logistic regression.
+# Strongly convex binary logistic regression (Merkulov, "Modern optimization methods").
 # ---------------------------------------------------------------------------------------------
 
 
@@ -32,9 +37,10 @@ def make_logistic_regression(
     num_test: int = 200,
     seed: int = 0,
 ) -> Dataset:
-    r"""Seed 001's binary logistic regression data: ``m`` examples ``a_i`` in ``R^n``.
+    r"""Binary logistic regression data: ``m`` examples ``a_i`` in ``R^n``.
 
-    The objective (seed 001, "SGD with a constant step does not converge") is
+    The objective (Merkulov, "Modern optimization methods": "SGD with a constant step does not
+    converge") is
 
     .. math::
         f(w) = \frac{\mu}{2} \|w\|_2^2
@@ -72,7 +78,7 @@ def make_logistic_regression(
 def logistic_regression_objective(
     w: jax.Array, a: jax.Array, y: jax.Array, mu: float = 1.0
 ) -> jax.Array:
-    """Seed 001's ``f(w) = mu/2 ||w||^2 + mean_i log(1 + exp(-s_i <a_i, w>))``, ``s = 2y - 1``.
+    """The objective ``f(w) = mu/2 ||w||^2 + mean_i log(1 + exp(-s_i <a_i, w>))``, ``s = 2y - 1``.
 
     Args:
         w: weights ``(n,)`` (or ``(n, 1)``, the kernel of a one-logit linear layer).
@@ -152,9 +158,9 @@ def make_zipf_tagging(
 
     a deterministic function of the token and its left neighbour. So a model must learn a
     class per token (hard for rare ones: most ids appear a handful of times, the heavy tail
-    that seed 001 blames for SGD's trouble on language) and carry one step of context; a
-    left-to-right LSTM can represent it exactly, a per-token classifier cannot (its best
-    accuracy is about ``1 / num_tags`` beyond the first position).
+    that Merkulov, "Modern optimization methods" blames for SGD's trouble on language) and
+    carry one step of context; a left-to-right LSTM can represent it exactly, a per-token
+    classifier cannot (its best accuracy is about ``1 / num_tags`` beyond the first position).
 
     Args:
         num_train: number of training sequences.
@@ -235,7 +241,9 @@ def make_modular_arithmetic(
 
     Power et al. (2022) train a small Transformer on a fraction of the table of a binary
     operation and watch validation accuracy jump long after training accuracy saturates;
-    seeds 000 and 001 use division mod 97.
+    Power et al. use division mod 97; Merkulov's "Stories from training neural networks" and
+    "Modern optimization methods" show grokking on modular division (the latter training on
+    half the table).
 
     Tokens: ``0..p-1`` are the numbers, ``p + i`` is ``ops[i]``, ``p + len(ops)`` is ``=``.
     An example is ``[x, op, y, =]`` with label ``z`` (itself a number token, so the logits

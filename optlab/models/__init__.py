@@ -9,8 +9,8 @@ model                input -> output                         default size (param
 ===================  ======================================  ==================================
 LogisticRegression   ``(B, ...)`` -> ``(B, classes)``        ``n * classes + classes``
 MLP                  ``(B, ...)`` -> ``(B, classes)``        widths ``(128, 128)``
-LeNet5               ``(B, 32, 32, 1)`` -> ``(B, classes)``  61,706 (seed 002, sec. 4.1)
-ResNet18             ``(B, 32, 32, 3)`` -> ``(B, classes)``  11,173,962 (seed 002, sec. 4.2)
+LeNet5               ``(B, 32, 32, 1)`` -> ``(B, classes)``  61,706 (Kuznetsova (2023) 4.1)
+ResNet18             ``(B, 32, 32, 3)`` -> ``(B, classes)``  11,173,962 (Kuznetsova (2023) 4.2)
 LSTMTagger           ``(B, T)`` tokens -> ``(B, T, tags)``   embed 64, hidden 128
 Transformer          ``(B, T)`` tokens -> ``(B, T, vocab)``  d 128, 4 heads, 2 layers
 ===================  ======================================  ==================================

@@ -1,8 +1,10 @@
-"""LeNet-5 as seed 002 (the thesis) describes it.
+"""LeNet-5 as Kuznetsova (2023) describes it.
 
 LeCun, Bottou, Bengio, Haffner (1998), "Gradient-based learning applied to document
-recognition"; thesis sec. 4.1 (layers) and sec. 1.3, 1.5 (max pooling, ReLU). Layers, on a
-``32x32x1`` input (NHWC):
+recognition"; Kuznetsova (2023), "An experimental study of modern curvature-aware optimization
+methods for training neural networks" (the thesis; full reference in
+:mod:`optlab.bench.references`), sec. 4.1 (layers) and sec. 1.3, 1.5 (max pooling, ReLU).
+Layers, on a ``32x32x1`` input (NHWC):
 
 ========  =================================  =============  ==========
 thesis    here                               output         parameters

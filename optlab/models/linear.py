@@ -21,8 +21,8 @@ class LogisticRegression(nnx.Module):
     """Multinomial logistic regression: one linear layer, ``head``, returning logits.
 
     Pair it with softmax cross-entropy (``optax.softmax_cross_entropy_with_integer_labels``).
-    With ``num_classes=1, use_bias=False`` it is the binary model ``<a, w>`` of seed 001's
-    strongly convex logistic regression; see
+    With ``num_classes=1, use_bias=False`` it is the binary model ``<a, w>`` of the strongly
+    convex logistic regression in Merkulov, "Modern optimization methods"; see
     :func:`optlab.data.logistic_regression_objective` for that loss.
 
     Args:

@@ -1,7 +1,8 @@
 """An LSTM sequence tagger: one label per token.
 
-Hochreiter and Schmidhuber (1997), "Long short-term memory"; thesis sec. 4.3 (named-entity
-tagging on CoNLL with an LSTM layer and a dense layer, tanh in the recurrent layer, sec. 1.5).
+Hochreiter and Schmidhuber (1997), "Long short-term memory"; Kuznetsova (2023) sec. 4.3
+(named-entity tagging on CoNLL with an LSTM layer and a dense layer, tanh in the recurrent
+layer, sec. 1.5).
 Layers: ``embed`` (``nnx.Embed``) -> ``rnn`` (``nnx.RNN`` over ``nnx.OptimizedLSTMCell``,
 or ``nnx.Bidirectional`` of two) -> ``head`` (dense, applied to every position).
 """

@@ -1,9 +1,9 @@
 """ResNet-18, CIFAR variant, with BatchNorm.
 
-He, Zhang, Ren, Sun (2016), "Deep residual learning for image recognition"; thesis sec. 4.2
-(ResNet-18 on CIFAR-10). The CIFAR variant (as in the widely used PyTorch reproductions, e.g.
-kuangliu/pytorch-cifar) replaces ImageNet's 7x7/2 stem and max pool by one 3x3/1 convolution,
-so a 32x32 image keeps its resolution through the first stage:
+He, Zhang, Ren, Sun (2016), "Deep residual learning for image recognition"; Kuznetsova (2023),
+sec. 4.2 (ResNet-18 on CIFAR-10). The CIFAR variant (as in the widely used PyTorch
+reproductions, e.g. kuangliu/pytorch-cifar) replaces ImageNet's 7x7/2 stem and max pool by one
+3x3/1 convolution, so a 32x32 image keeps its resolution through the first stage:
 
 * ``stem``: conv 3x3, ``width`` filters, stride 1, then ``stem_bn`` and ReLU;
 * ``blocks``: ``sum(stage_sizes)`` basic blocks (two 3x3 convs with BatchNorm, identity or

@@ -12,7 +12,8 @@ which are this module's defaults). Layers:
 * ``ln_f`` (final LayerNorm), then ``lm_head`` (dense, no bias, untied from ``embed``).
 
 With the defaults there are ``12 d^2 + 13 d`` parameters per block (396,544 in the two blocks
-for ``d = 128``, seed 001's "about 4e5 non-embedding parameters").
+for ``d = 128``: the "about 4e5 non-embedding parameters" of the 2-layer, width-128,
+4-head Transformer trained on modular division in Merkulov, "Modern optimization methods").
 """
 
 from __future__ import annotations

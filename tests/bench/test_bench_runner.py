@@ -6,8 +6,9 @@ import math
 import pytest
 
 from optlab.bench import CompareConfig, compare, runner, tasks
-from optlab.bench.harness import format_table, parse_hparams, parse_value
+from optlab.bench.config import parse_hparams, parse_value
 from optlab.bench.registry import build_optimizer
+from optlab.bench.report import STEPS_NOTE, format_table
 
 
 def _run(name, seed, epochs=2, task_name="logistic"):
@@ -16,8 +17,7 @@ def _run(name, seed, epochs=2, task_name="logistic"):
     settings = runner.RunSettings(
         epochs=epochs, steps=None, batch_size=task.batch_size, seed=seed, target=task.target
     )
-    tx, hp, needs = build_optimizer(name, task.name)
-    return runner.train_one(task, ds, name, tx, hp, needs, settings)
+    return runner.train_one(task, ds, build_optimizer(name, task.name), settings)
 
 
 def test_same_seed_same_curves_other_seed_differs():
@@ -51,8 +51,7 @@ def test_steps_budget_evaluates_at_the_end():
     task = tasks.get_task("logistic")
     ds = tasks.load_task_data(task)
     settings = runner.RunSettings(epochs=99, steps=15, batch_size=20, seed=0, target=0.5)
-    tx, hp, needs = build_optimizer("adam", task.name)
-    r = runner.train_one(task, ds, "adam", tx, hp, needs, settings)
+    r = runner.train_one(task, ds, build_optimizer("adam", task.name), settings)
     assert len(r.step_loss) == 15
     assert [e["step"] for e in r.evals] == [10, 15]
 
@@ -78,7 +77,7 @@ def test_compare_two_tasks_writes_results_plots_and_scores(tmp_path):
 
     payload = compare(
         CompareConfig(
-            tasks=("logistic", "digits-mlp"),
+            tasks=("logistic", "digits-lenet5"),
             optimizers=("sgd", "adam"),
             epochs=1,
             quiet=True,
@@ -90,7 +89,7 @@ def test_compare_two_tasks_writes_results_plots_and_scores(tmp_path):
     text = "".join(lines)
     assert "optimizer" in text and "AlgoPerf-style score" in text
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["tasks"]) == {"logistic", "digits-mlp"}
+    assert set(saved["tasks"]) == {"logistic", "digits-lenet5"}
     runs = saved["tasks"]["logistic"]["runs"]
     assert [r["optimizer"] for r in runs] == ["sgd", "adam"]
     assert runs[1]["hparams"]["learning_rate"] == 3e-3
@@ -98,15 +97,43 @@ def test_compare_two_tasks_writes_results_plots_and_scores(tmp_path):
     assert len(runs[0]["evals"]) == 10  # the logistic task evaluates every step
     scores = saved["profiles"]["scores"]
     assert set(scores) == {"sgd", "adam"} and all(0.0 <= s <= 1.0 for s in scores.values())
+    # The logistic task is profiled by steps: its profile times are steps to target, and
+    # its table and the score header say so; digits-lenet5 keeps the training clock.
+    assert saved["tasks"]["logistic"]["task"]["profile_by"] == "steps"
+    assert saved["profiles"]["measures"] == {"logistic": "steps", "digits-lenet5": "seconds"}
+    for run in runs:
+        assert saved["profiles"]["times"][run["optimizer"]]["logistic"] == run["steps_to_target"]
+    for run in saved["tasks"]["digits-lenet5"]["runs"]:
+        seconds = saved["profiles"]["times"][run["optimizer"]]["digits-lenet5"]
+        assert seconds == run["seconds_to_target"]  # None (JSON for inf) if missed
+    assert text.count(STEPS_NOTE) == 1  # under the logistic table only
+    logistic_text, lenet_text = text.split("digits-lenet5:")
+    assert "profiled by steps" in logistic_text and "profiled by steps" not in lenet_text
+    assert "steps instead of seconds for logistic" in text
     for name in (
         "logistic_test_acc_vs_epoch.png",
         "logistic_test_acc_vs_time.png",
         "logistic_train_loss.png",
-        "digits-mlp_train_loss.png",
+        "digits-lenet5_train_loss.png",
         "performance_profiles.png",
     ):
         assert (out / name).stat().st_size > 1000, name
-    assert payload["config"]["tasks"] == ["logistic", "digits-mlp"]
+    assert payload["config"]["tasks"] == ["logistic", "digits-lenet5"]
+
+
+def test_time_to_target_by_seconds_or_steps():
+    evals = [
+        {"step": 5, "test_acc": 0.5, "train_time": 0.25},
+        {"step": 10, "test_acc": 0.8, "train_time": 0.5},
+        {"step": 15, "test_acc": 0.9, "train_time": 0.75},
+    ]
+    r = runner.RunResult("sgd", {}, [1.0] * 15, evals, 0.1, [0.05] * 14, target=0.8)
+    assert r.time_to_target("steps") == 10.0  # the first evaluation at or above 0.8
+    assert r.time_to_target("seconds") == 0.5
+    r.target = 0.95
+    assert r.time_to_target("steps") == math.inf == r.time_to_target("seconds")
+    with pytest.raises(ValueError, match="'seconds' or 'steps'"):
+        r.time_to_target("wall")
 
 
 def test_parse_hparams():
@@ -137,8 +164,8 @@ def _run_lr(name, lr):
     task = tasks.get_task("digits-mlp")
     ds = tasks.load_task_data(task)
     settings = runner.RunSettings(epochs=1, steps=None, batch_size=64, seed=0, target=0.9)
-    tx, hp, needs = build_optimizer(name, task.name, {"learning_rate": lr})
-    return runner.train_one(task, ds, name, tx, hp, needs, settings)
+    built = build_optimizer(name, task.name, {"learning_rate": lr})
+    return runner.train_one(task, ds, built, settings)
 
 
 def _write_idx(path, array, magic_type=0x08):
@@ -177,7 +204,14 @@ def test_mnist_task_reads_data_dir(tmp_path):
     run = payload["tasks"]["mnist-lenet5"]["runs"][0]
     assert len(run["step_loss"]) == 2  # 200 examples, batch 100
     assert math.isfinite(run["evals"][0]["test_loss"])
-    assert payload["tasks"]["mnist-lenet5"]["hparam_sources"]["sgd"] == "seed 002 sec. 4.1 table"
+    assert payload["tasks"]["mnist-lenet5"]["hparam_sources"]["sgd"] == (
+        "Kuznetsova (2023) sec. 4.1 table"
+    )
+    # The short form in the text comes with the full reference.
+    assert (
+        "An experimental study of modern curvature-aware"
+        in (payload["references"]["Kuznetsova (2023)"])
+    )
 
 
 def test_batchnorm_model_trains_and_evaluates_with_running_stats():
@@ -214,7 +248,8 @@ def test_batchnorm_model_trains_and_evaluates_with_running_stats():
     )
     settings = runner.RunSettings(epochs=3, steps=None, batch_size=32, seed=0, target=0.5)
     for name in ("momentum", "sam"):
-        tx, hp, needs = build_optimizer(name, None, {"learning_rate": 0.05})
-        r = runner.train_one(task, ds, name, tx, hp, needs, settings)
+        r = runner.train_one(
+            task, ds, build_optimizer(name, None, {"learning_rate": 0.05}), settings
+        )
         assert len(r.evals) == 3 and all(math.isfinite(e["test_loss"]) for e in r.evals)
         assert r.final_acc > 0.5
