@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from optlab import analysis, lab, linalg
+from optlab._src.common import SkipNonFiniteState, skip_nonfinite
 from optlab._src.muon import (
     MUON_EXCLUDED_NAMES,
     MuonDimensionNumbers,
@@ -20,7 +21,7 @@ from optlab._src.muon import (
     scale_by_muon,
 )
 from optlab._src.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
-from optlab._src.shampoo import ShampooChainState, ShampooState, scale_by_shampoo, shampoo
+from optlab._src.shampoo import ShampooState, scale_by_shampoo, shampoo
 
 _LAZY_SUBMODULES = ("bench", "data", "models")
 
@@ -29,8 +30,8 @@ __all__ = [
     "MuonDimensionNumbers",
     "SAMPerturbState",
     "ScaleByMuonState",
-    "ShampooChainState",
     "ShampooState",
+    "SkipNonFiniteState",
     "analysis",
     "bench",
     "data",
@@ -46,6 +47,7 @@ __all__ = [
     "scale_by_muon",
     "scale_by_shampoo",
     "shampoo",
+    "skip_nonfinite",
 ]
 
 __version__ = "0.1.0"

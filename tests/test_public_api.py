@@ -10,7 +10,7 @@ import optlab
 
 DOCUMENTED = [
     "muon", "scale_by_muon", "orthogonalize_muon", "muon_labels", "MuonDimensionNumbers",
-    "shampoo", "scale_by_shampoo", "ShampooState", "ShampooChainState",
+    "shampoo", "scale_by_shampoo", "ShampooState",
     "sam", "sam_perturb", "sam_perturbation", "SAMPerturbState",
     "analysis", "lab", "linalg",
 ]

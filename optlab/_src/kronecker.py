@@ -1,0 +1,551 @@
+r"""The Kronecker-factor engine of Shampoo (and, next, SOAP and K-FAC).
+
+Kronecker-factored methods keep, for every block ``X`` of a parameter (order ``k``), one small
+``d_a x d_a`` matrix per axis ``a`` and act on the block through mode products::
+
+    (X \times_a M)_{i_1 .. i_a .. i_k} = sum_j M_{i_a j} X_{i_1 .. j .. i_k}.
+
+One step flows one way (nothing goes back)::
+
+    gradient tree -> layout (merge, block, stack by size)     to_blocks
+      -> statistics update                                     axis_grams (pluggable) + accumulate
+      -> every N steps: batched refresh with rejection         refresh(refresh_fn: pluggable)
+      -> preconditioning of the stacks along their axes        mode_products, diagonal_root
+      -> grafting                                              graft
+      -> unstack into the update tree                          from_blocks
+
+Shampoo keeps the statistics ``S_a = sum_t X_(a) X_(a)^T`` (an exponential moving average or a
+sum) and refreshes inverse roots ``(S_a + r I)^{-1/p}`` (:func:`inverse_roots`); SOAP will keep the
+same statistics and refresh their eigenbases; K-FAC will accumulate activation and
+output-gradient covariances (its own contributions, passed to :func:`accumulate`) and refresh
+damped inverses. Each is a different ``refresh_fn`` and statistics function over this engine.
+
+Layout (static, plain Python from the leaf shapes; :func:`make_layout`, cached):
+
+* each leaf is reshaped: size-1 dims dropped, consecutive small dims merged while their product
+  stays ``<= block_size`` (``[3, 3, 64, 128] -> [576, 128]``), never below two dims for a leaf
+  with two non-trivial dims (a matrix stays a matrix);
+* each reshaped leaf is cut into blocks: a dim larger than ``block_size`` is split into chunks
+  of ``block_size`` plus a remainder; all blocks of one shape across the tree (a "kind") are
+  stacked into one ``[count, *shape]`` array;
+* an axis of a kind is preconditioned when it is ``<= max_preconditioned_dim``, with the root
+  ``p = 2 k'`` (``k'`` preconditioned axes) or a given one;
+* all statistics of equal ``(d, p)`` across the tree form one ``[n, d, d]`` "group", so that one
+  batched kernel call (one ``inverse_root``, one ``eigh``) serves them all;
+* leaves with fewer than two non-trivial dims (biases, gains, scalars) are "vectors": raveled
+  and concatenated into one vector, with a diagonal statistic per entry;
+* leaves with no elements are "empty": nothing to precondition, their update is empty.
+
+State buffers. The statistics of all groups, then the vectors' diagonal statistics, live in one
+flat buffer (``Layout.stats_size`` elements); the factors (roots, eigenbases, inverses) in a
+second one (``Layout.matrix_size``). :func:`group_stacks` reads a buffer as one ``[n, d, d]``
+stack per group and :func:`accumulate` / :func:`refresh` write the stacks back in place
+(``dynamic_update_slice``: no copy of the whole buffer). A tuple of stacks per block size would
+be shardable along the stacked-block axis, but its tree structure would depend on the
+parameters' shapes, and ``optax.tree.map_params`` (how optimizer-state shardings are built from
+the parameters' ones) computes the state's structure from ``init`` on a placeholder without
+shapes: a tuple fails there (a structure mismatch), a flat buffer does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optlab import linalg
+from optlab.linalg._ops import matmul
+from optlab.linalg._ordering import after
+
+__all__ = [
+    "Block",
+    "Blocks",
+    "Group",
+    "Kind",
+    "Layout",
+    "LeafPlan",
+    "RefreshFn",
+    "Statistics",
+    "accumulate",
+    "axis_grams",
+    "diagonal_root",
+    "diagonal_statistics",
+    "from_blocks",
+    "graft",
+    "graft_ratio",
+    "group_stacks",
+    "identity_factors",
+    "inverse_roots",
+    "kind_factors",
+    "make_layout",
+    "merge_dims",
+    "mode_products",
+    "refresh",
+    "statistics_finite",
+    "to_blocks",
+]
+
+
+# -- layout ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Block:
+    kind: int  # index into Layout.kinds
+    position: int  # index of this block within its kind's stack
+    starts: tuple[int, ...]  # start of the block along each merged dim
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+    shape: tuple[int, ...]
+    merged: tuple[int, ...]
+    vector: bool  # fewer than two non-trivial dims: the diagonal rule
+    empty: bool  # no elements: nothing to precondition
+    blocks: tuple[Block, ...]
+    # Blocks per merged dim; ``uniform`` when all blocks have one shape (every dim is at most the
+    # block size or a multiple of it), so that a reshape and a transpose cut the whole leaf.
+    grid: tuple[int, ...]
+    uniform: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """All blocks of one shape: stacked to ``[count, *shape]``."""
+
+    shape: tuple[int, ...]
+    p: int  # root of every preconditioned axis (0 if none)
+    axis_groups: tuple[int | None, ...]  # per axis: index into Layout.groups (None: identity)
+    axis_offsets: tuple[int, ...]  # per axis: first index of this kind inside its group's stack
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """All ``d x d`` statistics of one root ``p``: one ``[count, d, d]`` stack."""
+
+    dim: int
+    p: int
+    count: int
+    offset: int  # in the flat buffers (elements)
+
+    @property
+    def size(self) -> int:
+        return self.count * self.dim * self.dim
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    leaves: tuple[LeafPlan, ...]
+    kinds: tuple[Kind, ...]
+    groups: tuple[Group, ...]
+    matrix_size: int  # elements of all groups (the factors buffer's size)
+    vector_sizes: tuple[int, ...]  # elements of each vector leaf, in leaf order
+
+    @property
+    def vector_size(self) -> int:
+        return sum(self.vector_sizes)
+
+    @property
+    def stats_size(self) -> int:
+        return self.matrix_size + self.vector_size
+
+    @functools.cached_property
+    def segments(self) -> np.ndarray:
+        """Per element of the concatenated vector: the index of its vector leaf."""
+        return np.repeat(np.arange(len(self.vector_sizes)), self.vector_sizes).astype(np.int32)
+
+    @functools.cached_property
+    def diagonal_indices(self) -> np.ndarray:
+        """Where the diagonals of all statistics and the vectors' statistics are in the buffer."""
+        parts = [g.offset + (np.arange(g.count)[:, None] * g.dim * g.dim
+                             + np.arange(g.dim)[None, :] * (g.dim + 1)).ravel()
+                 for g in self.groups]
+        parts.append(self.matrix_size + np.arange(self.vector_size))
+        return np.concatenate(parts).astype(np.int32)
+
+
+def merge_dims(shape: tuple[int, ...], max_dim: int, merge: bool) -> tuple[int, ...]:
+    """Squeeze size-1 dims and merge consecutive ones while their product is ``<= max_dim``."""
+    dims = [d for d in shape if d != 1]
+    if not merge or len(dims) < 2:
+        return tuple(dims) if dims else (1,)
+    merged = [dims[0]]
+    for d in dims[1:]:
+        if merged[-1] * d <= max_dim:
+            merged[-1] *= d
+        else:
+            merged.append(d)
+    if len(merged) < 2:
+        # Keep a matrix a matrix: fold everything but the last dim (fan_in x fan_out).
+        merged = [math.prod(dims[:-1]), dims[-1]]
+    return tuple(merged)
+
+
+def _chunks(dim: int, block_size: int) -> list[tuple[int, int]]:
+    return [(s, min(block_size, dim - s)) for s in range(0, dim, block_size)]
+
+
+@functools.lru_cache(maxsize=256)
+def make_layout(
+    shapes: tuple[tuple[int, ...], ...],
+    block_size: int | None,
+    max_preconditioned_dim: int,
+    merge_small_dims: bool,
+    root: int | None,
+) -> Layout:
+    """The layout of leaves of ``shapes`` (module docstring).
+
+    ``block_size=None`` means no blocking; ``root`` gives every kind the same ``p`` (methods
+    that take no root pass 1, so that groups are keyed by size only), ``None`` uses ``p = 2 k``
+    for a kind with ``k`` preconditioned axes.
+    """
+    big = block_size if block_size is not None else max(max(s, default=1) for s in shapes)
+    kind_index: dict[tuple[int, ...], int] = {}
+    kind_counts: list[int] = []
+    kind_shapes: list[tuple[int, ...]] = []
+    plans: list[tuple[tuple[int, ...], bool, bool, list[Block], tuple[int, ...], bool]] = []
+    vector_sizes: list[int] = []
+    for shape in shapes:
+        shape = tuple(shape)
+        if math.prod(shape) == 0:
+            plans.append((shape, False, True, [], (), False))
+            continue
+        merged = merge_dims(shape, big, merge_small_dims)
+        if len(merged) < 2:
+            vector_sizes.append(math.prod(merged))
+            plans.append((merged, True, False, [], (), False))
+            continue
+        per_dim = [_chunks(d, big) for d in merged]
+        grid = tuple(len(c) for c in per_dim)
+        uniform = all(len({size for _, size in c}) == 1 for c in per_dim)
+        blocks: list[Block] = []
+        for combo in itertools.product(*per_dim):
+            bshape = tuple(size for _, size in combo)
+            if bshape not in kind_index:
+                kind_index[bshape] = len(kind_shapes)
+                kind_shapes.append(bshape)
+                kind_counts.append(0)
+            k = kind_index[bshape]
+            blocks.append(Block(k, kind_counts[k], tuple(start for start, _ in combo)))
+            kind_counts[k] += 1
+        plans.append((merged, False, False, blocks, grid, uniform))
+
+    # Groups: (dim, p) -> the (kind, axis) pairs whose statistics it stacks, in a fixed order.
+    group_members: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    kind_ps: list[int] = []
+    for k, bshape in enumerate(kind_shapes):
+        axes = [i for i, d in enumerate(bshape) if d <= max_preconditioned_dim]
+        p = (root if root is not None else 2 * len(axes)) if axes else 0
+        kind_ps.append(p)
+        for i in axes:
+            group_members.setdefault((bshape[i], p), []).append((k, i))
+    groups: list[Group] = []
+    axis_groups: list[list[int | None]] = [[None] * len(s) for s in kind_shapes]
+    axis_offsets = [[0] * len(s) for s in kind_shapes]
+    offset = 0
+    for gi, ((dim, p), members) in enumerate(sorted(group_members.items())):
+        count = 0
+        for k, i in members:
+            axis_groups[k][i] = gi
+            axis_offsets[k][i] = count
+            count += kind_counts[k]
+        groups.append(Group(dim, p, count, offset))
+        offset += count * dim * dim
+    kinds = tuple(
+        Kind(s, kind_ps[k], tuple(axis_groups[k]), tuple(axis_offsets[k]), kind_counts[k])
+        for k, s in enumerate(kind_shapes)
+    )
+    leaves = tuple(
+        LeafPlan(tuple(shape), merged, vector, empty, tuple(blocks), grid, uniform)
+        for shape, (merged, vector, empty, blocks, grid, uniform) in zip(shapes, plans,
+                                                                         strict=True))
+    return Layout(leaves, kinds, tuple(groups), offset, tuple(vector_sizes))
+
+
+# -- tree <-> stacks -------------------------------------------------------------------------------
+class Blocks(NamedTuple):
+    """A tree in the engine's layout.
+
+    Attributes:
+      stacks: one ``[count, *shape]`` array per kind (``Layout.kinds``).
+      vector: all vector leaves raveled and concatenated (``Layout.vector_size``), or None.
+    """
+
+    stacks: tuple[jax.Array, ...]
+    vector: jax.Array | None
+
+
+def _leaf_to_blocks(x: jax.Array, plan: LeafPlan, block_shape: tuple[int, ...]) -> jax.Array:
+    """``[n_blocks, *block_shape]`` of a uniformly blocked leaf, row-major over the block grid
+    (the order of ``plan.blocks``). One reshape and transpose (often a free bitcast) instead
+    of a slice per block: fewer kernels for XLA to compile."""
+    k = len(block_shape)
+    split = [n for g, c in zip(plan.grid, block_shape) for n in (g, c)]
+    x = x.reshape(split).transpose([*range(0, 2 * k, 2), *range(1, 2 * k, 2)])
+    return x.reshape((-1, *block_shape))
+
+
+def _blocks_to_leaf(stack: jax.Array, plan: LeafPlan, block_shape: tuple[int, ...]) -> jax.Array:
+    k = len(block_shape)
+    x = stack.reshape((*plan.grid, *block_shape))
+    x = x.transpose([i for d in range(k) for i in (d, k + d)])
+    return x.reshape(plan.merged)
+
+
+def to_blocks(leaves: Sequence[jax.Array], layout: Layout, dtype) -> Blocks:
+    """The leaves (in ``layout``'s order) merged, blocked and stacked, as ``dtype``."""
+    pieces: list[list[jax.Array]] = [[] for _ in layout.kinds]
+    vectors = []
+    for x, plan in zip(leaves, layout.leaves, strict=True):
+        if plan.empty:
+            continue
+        x = jnp.asarray(x).astype(dtype).reshape(plan.merged)
+        if plan.vector:
+            vectors.append(x)
+        elif plan.uniform:
+            kind = plan.blocks[0].kind
+            pieces[kind].append(_leaf_to_blocks(x, plan, layout.kinds[kind].shape))
+        else:
+            # Positions within a kind follow leaf order, then block order: appending keeps them.
+            for block in plan.blocks:
+                shape = layout.kinds[block.kind].shape
+                pieces[block.kind].append(jax.lax.slice(
+                    x, block.starts, tuple(s + n for s, n in zip(block.starts, shape)))[None])
+    stacks = tuple(p[0] if len(p) == 1 else jnp.concatenate(p) for p in pieces)
+    vector = None if not vectors else vectors[0] if len(vectors) == 1 else jnp.concatenate(vectors)
+    return Blocks(stacks, vector)
+
+
+def from_blocks(blocks: Blocks, layout: Layout, like: Sequence[jax.Array]) -> list[jax.Array]:
+    """Inverse of :func:`to_blocks`: leaves shaped and typed like ``like`` (empty leaves: zeros)."""
+    out: list[jax.Array] = []
+    offset = 0
+    for plan, ref in zip(layout.leaves, like, strict=True):
+        dtype = jnp.result_type(ref)
+        if plan.empty:
+            out.append(jnp.zeros(plan.shape, dtype))
+            continue
+        if plan.vector:
+            size = math.prod(plan.merged)
+            x = jax.lax.slice_in_dim(blocks.vector, offset, offset + size)
+            offset += size
+        elif plan.uniform:
+            first = plan.blocks[0]
+            kind = layout.kinds[first.kind]
+            stack = blocks.stacks[first.kind]
+            if len(plan.blocks) < kind.count:
+                stack = jax.lax.slice_in_dim(stack, first.position,
+                                             first.position + len(plan.blocks))
+            x = _blocks_to_leaf(stack, plan, kind.shape)
+        else:
+            x = jnp.zeros(plan.merged, blocks.stacks[plan.blocks[0].kind].dtype)
+            for block in plan.blocks:
+                x = jax.lax.dynamic_update_slice(x, blocks.stacks[block.kind][block.position],
+                                                 block.starts)
+        out.append(x.reshape(plan.shape).astype(dtype))
+    return out
+
+
+# -- buffers ---------------------------------------------------------------------------------------
+def _group_view(buffer: jax.Array, group: Group) -> jax.Array:
+    return jax.lax.dynamic_slice_in_dim(buffer, group.offset, group.size).reshape(
+        group.count, group.dim, group.dim)
+
+
+def group_stacks(buffer: jax.Array, layout: Layout) -> tuple[jax.Array, ...]:
+    """A statistics or factors buffer as one ``[count, d, d]`` stack per group."""
+    return tuple(_group_view(buffer, g) for g in layout.groups)
+
+
+def diagonal_statistics(buffer: jax.Array, layout: Layout) -> jax.Array:
+    """The vectors' diagonal statistics (the tail of the statistics buffer)."""
+    return jax.lax.dynamic_slice_in_dim(buffer, layout.matrix_size, layout.vector_size)
+
+
+def kind_factors(factors: jax.Array, layout: Layout, kind: int, axis: int) -> jax.Array:
+    """``[count, d, d]``: the factors of every block of ``kind`` along its ``axis``."""
+    k = layout.kinds[kind]
+    g = layout.groups[k.axis_groups[axis]]
+    start = g.offset + k.axis_offsets[axis] * g.dim * g.dim
+    return jax.lax.dynamic_slice_in_dim(factors, start, k.count * g.dim * g.dim).reshape(
+        k.count, g.dim, g.dim)
+
+
+def identity_factors(layout: Layout, dtype=jnp.float32) -> jax.Array:
+    """A factors buffer holding ``I`` for every statistic."""
+    parts = [jnp.broadcast_to(jnp.eye(g.dim, dtype=dtype), (g.count, g.dim, g.dim)).ravel()
+             for g in layout.groups]
+    return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
+
+
+def statistics_finite(buffer: jax.Array, layout: Layout) -> jax.Array:
+    """Whether a statistics buffer is finite, read on the diagonals only.
+
+    A statistic is a (weighted) sum of Gram matrices, so it is positive semidefinite and
+    ``|S_ij| <= sqrt(S_ii S_jj) <= max(S_ii, S_jj)``: an entry can only overflow (or become NaN
+    through ``inf - inf``) where a diagonal entry has overflowed too (up to rounding at the very
+    top of the float32 range). Reading the ``sum d`` diagonal entries (one gather) instead of the
+    ``sum d^2`` entries keeps the check off the step time. The vectors' statistics are read whole.
+    """
+    if buffer.size == 0:
+        return jnp.asarray(True)
+    return jnp.all(jnp.isfinite(jnp.take(buffer, jnp.asarray(layout.diagonal_indices))))
+
+
+# -- statistics ------------------------------------------------------------------------------------
+class Statistics(NamedTuple):
+    """One step's statistics contributions.
+
+    Attributes:
+      groups: one ``[count, d, d]`` stack per group (``Layout.groups``).
+      diagonal: the vectors' diagonal contributions (``Layout.vector_size``), or None.
+    """
+
+    groups: tuple[jax.Array, ...]
+    diagonal: jax.Array | None
+
+
+def _axis_gram(x: jax.Array, axis: int) -> jax.Array:
+    """``[n, *shape] -> [n, d, d]``: ``X_(axis) X_(axis)^T`` of every block."""
+    x = jnp.moveaxis(x, axis + 1, 1)
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    return matmul(x, jnp.swapaxes(x, 1, 2))
+
+
+def axis_grams(blocks: Blocks, layout: Layout) -> Statistics:
+    """Shampoo's (and SOAP's) statistics: ``X_(a) X_(a)^T`` per block and preconditioned axis
+    (the mode-``a`` unfolding times its transpose), ``g * g`` for the vectors."""
+    per_group: list[list[jax.Array]] = [[] for _ in layout.groups]
+    for kind, x in zip(layout.kinds, blocks.stacks, strict=True):
+        for axis, g in enumerate(kind.axis_groups):
+            if g is not None:
+                per_group[g].append(_axis_gram(x, axis))
+    groups = tuple(c[0] if len(c) == 1 else jnp.concatenate(c) for c in per_group)
+    return Statistics(groups, None if blocks.vector is None else jnp.square(blocks.vector))
+
+
+def accumulate(buffer: jax.Array, new: Statistics, layout: Layout, beta2) -> jax.Array:
+    """``beta2 S + w new`` with ``w = 1`` for ``beta2 = 1`` (sums, AdaGrad-style) and
+    ``w = 1 - beta2`` otherwise (an exponential moving average); ``beta2`` may be traced."""
+    decay = jnp.asarray(beta2, buffer.dtype)
+    weight = jnp.where(decay == 1, 1, 1 - decay).astype(buffer.dtype)
+    # Written into the old buffer group by group (in place once XLA sees the buffer is not read
+    # again): a concatenation would copy the whole ~d^2-per-block buffer once more.
+    out = buffer
+    for group, contribution in zip(layout.groups, new.groups, strict=True):
+        old = _group_view(buffer, group)
+        out = jax.lax.dynamic_update_slice_in_dim(
+            out, (decay * old + weight * contribution).ravel(), group.offset, 0)
+    if new.diagonal is not None:
+        old = diagonal_statistics(buffer, layout)
+        out = jax.lax.dynamic_update_slice_in_dim(out, decay * old + weight * new.diagonal,
+                                                  layout.matrix_size, 0)
+    return out
+
+
+# -- refresh ---------------------------------------------------------------------------------------
+#: ``(statistics [n, d, d], group) -> (factors [n, d, d], ok [n])``: new factors for one group's
+#: stacked statistics and which of them to accept (the others keep their previous factors).
+RefreshFn = Callable[[jax.Array, Group], tuple[jax.Array, jax.Array]]
+
+
+def refresh(stats: jax.Array, factors: jax.Array, layout: Layout,
+            refresh_fn: RefreshFn) -> tuple[jax.Array, jax.Array]:
+    """New factors for every group, one batched ``refresh_fn`` call per group.
+
+    Returns the new factors buffer (a rejected factor keeps its previous value) and the int32
+    number of rejected factors.
+    """
+    out, rejected, previous = factors, jnp.zeros([], jnp.int32), None
+    for group in layout.groups:
+        # One group after the other: concurrent batched LAPACK calls can deadlock on CPU.
+        candidate, ok = refresh_fn(after(_group_view(stats, group), previous), group)
+        previous = candidate
+        kept = jnp.where(ok[:, None, None], candidate, _group_view(factors, group))
+        out = jax.lax.dynamic_update_slice_in_dim(out, kept.ravel().astype(out.dtype),
+                                                  group.offset, 0)
+        rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
+    return out, rejected
+
+
+def inverse_roots(*, eps, eps_floor, method: str, threshold) -> RefreshFn:
+    """Shampoo's refresh: ``(S + r I)^{-1/p}`` (:func:`optlab.linalg.inverse_root`, ``p`` of the
+    group), accepted when its residual estimate ``||X^p (S + r I) - I||`` is ``<= threshold``
+    (never when it is not finite)."""
+
+    def refresh_fn(stats: jax.Array, group: Group) -> tuple[jax.Array, jax.Array]:
+        new = linalg.inverse_root(stats, group.p, eps=eps, eps_floor=eps_floor, method=method,
+                                  return_error=True)
+        return new.root, new.error <= threshold  # False for NaN / inf
+
+    return refresh_fn
+
+
+# -- preconditioning -------------------------------------------------------------------------------
+def _mode_product(x: jax.Array, factor: jax.Array, axis: int, transpose: bool) -> jax.Array:
+    """``x`` ([n, *shape]) times ``factor`` ([n, d, d], or its transpose) along ``axis``."""
+    moved = jnp.moveaxis(x, axis + 1, -1)
+    flat = moved.reshape(moved.shape[0], -1, moved.shape[-1])
+    # flat @ F = (F^T applied to each row), so F^T needs no transposed operand.
+    out = matmul(flat, factor if transpose else jnp.swapaxes(factor, 1, 2))
+    return jnp.moveaxis(out.reshape(moved.shape), -1, axis + 1)
+
+
+def mode_products(stacks: Sequence[jax.Array], factors: jax.Array, layout: Layout, *,
+                  transpose: bool = False) -> tuple[jax.Array, ...]:
+    """Every stacked block ``X`` times its factor along each preconditioned axis:
+    ``X \\times_1 F_1 ... \\times_k F_k`` (``F_a^T`` with ``transpose``). Shampoo applies its
+    symmetric roots (either form); SOAP rotates into the eigenbasis with ``transpose`` and back
+    without."""
+    out = []
+    for k, (kind, x) in enumerate(zip(layout.kinds, stacks, strict=True)):
+        for axis, g in enumerate(kind.axis_groups):
+            if g is not None:
+                x = _mode_product(x, kind_factors(factors, layout, k, axis), axis, transpose)
+        out.append(x)
+    return tuple(out)
+
+
+def diagonal_root(vector: jax.Array | None, diagonal: jax.Array, layout: Layout, *, eps,
+                  eps_floor, p: int) -> jax.Array | None:
+    """The diagonal rule for vector leaves: ``g * (v + r)^{-1/p}`` with the ridge
+    ``r = eps * max(v) + eps_floor`` per leaf (the matrices' relative ridge, for a diagonal)."""
+    if vector is None:
+        return None
+    segments, count = jnp.asarray(layout.segments), len(layout.vector_sizes)
+    ridge = eps * jax.ops.segment_max(diagonal, segments, count, indices_are_sorted=True)
+    return vector * (diagonal + (ridge + eps_floor)[segments]) ** (-1.0 / p)
+
+
+# -- grafting --------------------------------------------------------------------------------------
+def graft_ratio(direction_norm: jax.Array, graft_norm: jax.Array) -> jax.Array:
+    """``||graft|| / ||direction||``; 0 where the direction is 0 (nothing to rescale)."""
+    positive = direction_norm > 0
+    return jnp.where(positive, graft_norm / jnp.where(positive, direction_norm, 1), 0)
+
+
+def _block_norms(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
+
+
+def graft(direction: Blocks, reference: Blocks, layout: Layout) -> Blocks:
+    """``direction * ||reference|| / ||direction||``: the direction of each block (of each vector
+    leaf) with the norm of the grafted optimizer's update of the same block (leaf)."""
+    stacks = tuple(d * graft_ratio(_block_norms(d), _block_norms(r))
+                   for d, r in zip(direction.stacks, reference.stacks, strict=True))
+    vector = direction.vector
+    if vector is not None:
+        segments, count = jnp.asarray(layout.segments), len(layout.vector_sizes)
+
+        def norms(x):
+            return jnp.sqrt(jax.ops.segment_sum(jnp.square(x), segments, count,
+                                                indices_are_sorted=True))
+
+        vector = vector * graft_ratio(norms(vector), norms(reference.vector))[segments]
+    return Blocks(stacks, vector)

@@ -1,0 +1,379 @@
+"""The Kronecker-factor engine (optlab._src.kronecker) against float64 numpy references.
+
+Tolerances come from float32 error bounds, with ``U = 2^-24`` (float32's unit roundoff): a dot
+product of length ``m`` in float32 is within ``m U sum |a_i| |b_i|`` of the exact one (the
+standard componentwise bound, to first order), so each check scales ``U`` by the operation's
+length and by the absolute-value version of the same computation. Inputs are float32 numbers,
+so the float64 reference sees exactly what the engine sees.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optlab._src import kronecker as kron
+
+U = 2.0**-24
+
+
+def f32(rng, shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def layout_of(leaves, block_size=4, max_dim=8192, merge=True, root=None):
+    return kron.make_layout(tuple(tuple(x.shape) for x in leaves), block_size, max_dim, merge,
+                            root)
+
+
+def mode_apply(x, m, axis):
+    """``x \\times_axis m``: ``m`` (d x d) multiplies the ``axis`` index of ``x``."""
+    return np.moveaxis(np.tensordot(m, x, axes=([1], [axis])), 0, axis)
+
+
+def mode_gram(x, axis):
+    m = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+    return m @ m.T
+
+
+def block_of(merged, block, shape):
+    return merged[tuple(slice(s, s + n) for s, n in zip(block.starts, shape))]
+
+
+def group_members(layout):
+    """Per group, its stack entries in order: (kind, axis, block position)."""
+    out = [[None] * g.count for g in layout.groups]
+    for k, kind in enumerate(layout.kinds):
+        for axis, g in enumerate(kind.axis_groups):
+            if g is not None:
+                for b in range(kind.count):
+                    out[g][kind.axis_offsets[axis] + b] = (k, axis, b)
+    return out
+
+
+def blocks_np(leaves, layout):
+    """Per kind, the float64 blocks in stack order, cut by numpy slicing of the merged leaves."""
+    stacks = [[None] * kind.count for kind in layout.kinds]
+    for x, plan in zip(leaves, layout.leaves):
+        for block in plan.blocks:
+            shape = layout.kinds[block.kind].shape
+            stacks[block.kind][block.position] = block_of(
+                np.asarray(x, np.float64).reshape(plan.merged), block, shape)
+    return stacks
+
+
+# Leaf sets: uniform blocks, ragged blocks, merged dims, 3-D / 4-D tensors, vectors, scalars, empty.
+LEAF_SETS = {
+    "uniform": ([(8, 12)], {}),
+    "ragged": ([(10, 7)], {}),
+    "merged_conv": ([(3, 3, 4, 8)], {"block_size": 64}),
+    "tensor_3d": ([(3, 4, 5)], {"merge": False, "block_size": 8}),
+    "tensor_4d": ([(2, 3, 4, 5)], {"merge": False, "block_size": 8}),
+    "ragged_3d": ([(6, 5, 7)], {"merge": False}),
+    "mixed_tree": ([(8, 12), (5,), (), (1, 4), (0, 3), (10, 7), (4, 4)], {}),
+}
+
+
+# -- layout ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, max_dim, merge, expected", [
+    ((3, 3, 64, 128), 1024, True, (576, 128)),
+    ((1, 2, 768, 1, 2048), 4096, True, (1536, 2048)),
+    ((1, 2, 768, 1, 2048), 4096, False, (2, 768, 2048)),
+    ((4, 4), 1024, True, (4, 4)),  # a matrix stays a matrix
+    ((2, 3, 4), 1024, True, (6, 4)),
+    ((7,), 1024, True, (7,)),
+    ((1, 1), 1024, True, (1,)),
+    ((), 1024, True, (1,)),
+])
+def test_merge_dims(shape, max_dim, merge, expected):
+    assert kron.merge_dims(shape, max_dim, merge) == expected
+
+
+def test_layout_groups_by_size_and_root():
+    # (8, 12) with block 4: six 4x4 blocks, both axes in the (4, 4) group: 12 statistics.
+    # (4, 4, 4) unmerged: one block of order 3 (p = 6): a separate (4, 6) group of 3.
+    # (6, 20) with max_preconditioned_dim 8: 2x5 blocks of (4, 4) and (2, 4): all axes <= 8.
+    # (3, 100) with block_size None and max 8: axis 1 not preconditioned, p = 2 * 1.
+    layout = kron.make_layout(((8, 12), (4, 4, 4)), 4, 8192, False, None)
+    assert [(g.dim, g.p, g.count) for g in layout.groups] == [(4, 4, 12), (4, 6, 3)]
+    assert layout.matrix_size == 15 * 16 and layout.stats_size == 15 * 16
+    layout = kron.make_layout(((3, 100), (5,)), None, 8, True, None)
+    (kind,) = layout.kinds
+    assert kind.axis_groups == (0, None) and kind.p == 2
+    assert [(g.dim, g.p, g.count) for g in layout.groups] == [(3, 2, 1)]
+    assert layout.vector_sizes == (5,) and layout.stats_size == 9 + 5
+    # A root override puts every kind's statistics of one size into one group.
+    layout = kron.make_layout(((8, 12), (4, 4, 4)), 4, 8192, False, 2)
+    assert [(g.dim, g.p, g.count) for g in layout.groups] == [(4, 2, 15)]
+
+
+def test_layout_flags_vectors_and_empty_leaves():
+    layout = kron.make_layout(((5,), (), (1, 4), (0, 3), (2, 0, 3), (3, 3)), 4, 8192, True, None)
+    assert [p.vector for p in layout.leaves] == [True, True, True, False, False, False]
+    assert [p.empty for p in layout.leaves] == [False, False, False, True, True, False]
+    assert layout.vector_sizes == (5, 1, 4)
+    np.testing.assert_array_equal(layout.segments, [0] * 5 + [1] + [2] * 4)
+
+
+# -- tree <-> stacks -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LEAF_SETS))
+def test_blocks_round_trip_and_match_numpy_slices(name):
+    shapes, kw = LEAF_SETS[name]
+    rng = np.random.default_rng(0)
+    leaves = [f32(rng, s) for s in shapes]
+    layout = layout_of(leaves, **kw)
+    blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
+    # Pure data movement: exact.
+    for stack, ref in zip(blocks.stacks, blocks_np(leaves, layout)):
+        np.testing.assert_array_equal(stack, np.stack(ref))
+    vectors = [x.ravel() for x, p in zip(leaves, layout.leaves) if p.vector]
+    if vectors:
+        np.testing.assert_array_equal(blocks.vector, np.concatenate(vectors))
+    else:
+        assert blocks.vector is None
+    back = kron.from_blocks(blocks, layout, leaves)
+    for x, y in zip(leaves, back):
+        assert y.shape == x.shape and y.dtype == x.dtype
+        np.testing.assert_array_equal(y, x)
+
+
+def test_from_blocks_returns_the_dtype_of_like():
+    leaves = [jnp.ones((4, 6), jnp.bfloat16), jnp.ones(3, jnp.float16)]
+    layout = layout_of(leaves)
+    blocks = kron.to_blocks(leaves, layout, jnp.float32)
+    assert all(s.dtype == jnp.float32 for s in blocks.stacks) and blocks.vector.dtype == jnp.float32
+    assert [x.dtype for x in kron.from_blocks(blocks, layout, leaves)] == [jnp.bfloat16,
+                                                                           jnp.float16]
+
+
+# -- statistics ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LEAF_SETS))
+@pytest.mark.parametrize("beta2", [1.0, 0.9])
+def test_statistics_sum_and_moving_average(name, beta2):
+    shapes, kw = LEAF_SETS[name]
+    rng = np.random.default_rng(1)
+    steps = [[f32(rng, s) for s in shapes] for _ in range(3)]
+    layout = layout_of(steps[0], **kw)
+    weight = 1.0 if beta2 == 1.0 else 1.0 - beta2
+    buffer = jnp.zeros((layout.stats_size,), jnp.float32)
+    members = group_members(layout)
+    ref = [np.zeros((g.count, g.dim, g.dim)) for g in layout.groups]
+    bound = [np.zeros((g.count, g.dim, g.dim)) for g in layout.groups]
+    ref_v = np.zeros(layout.vector_size)
+    for leaves in steps:
+        blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
+        buffer = kron.accumulate(buffer, kron.axis_grams(blocks, layout), layout, beta2)
+        np_blocks = blocks_np(leaves, layout)
+        for g, entries in enumerate(members):
+            for i, (k, axis, b) in enumerate(entries):
+                x = np_blocks[k][b]
+                ref[g][i] = beta2 * ref[g][i] + weight * mode_gram(x, axis)
+                bound[g][i] = beta2 * bound[g][i] + weight * mode_gram(np.abs(x), axis)
+        vectors = [x.ravel() for x, p in zip(leaves, layout.leaves) if p.vector]
+        if vectors:
+            ref_v = beta2 * ref_v + weight * np.concatenate(vectors).astype(np.float64) ** 2
+    # Each Gram entry is a length-m dot product (m = block size / d), then 3 roundings per step
+    # (decay * S, weight * C, the sum): |error| <= (m + 3 T) U (the same sums over |x|), with a
+    # factor 2 for the second-order terms and the rounding of the float32 weights.
+    for g, stack in enumerate(kron.group_stacks(buffer, layout)):
+        m = max(math.prod(layout.kinds[k].shape) // layout.groups[g].dim
+                for k, _, _ in members[g])
+        tol = 2 * (m + 3 * len(steps)) * U * bound[g]
+        assert np.all(np.abs(np.asarray(stack, np.float64) - ref[g]) <= tol)
+    if layout.vector_size:
+        v = np.asarray(kron.diagonal_statistics(buffer, layout), np.float64)
+        np.testing.assert_allclose(v, ref_v, rtol=2 * 4 * len(steps) * U, atol=0)
+
+
+def test_statistics_finite_reads_the_diagonals_and_the_vectors():
+    layout = layout_of([np.zeros((4, 6)), np.zeros(3)], block_size=64)
+    buffer = jnp.zeros((layout.stats_size,), jnp.float32)
+    assert bool(kron.statistics_finite(buffer, layout))
+    # Off the diagonal: not read (a Gram sum overflows on its diagonal first, see the docstring).
+    assert bool(kron.statistics_finite(buffer.at[1].set(jnp.inf), layout))
+    left = layout.groups[0]
+    diagonal_2 = left.offset + 2 * (left.dim + 1)
+    assert not bool(kron.statistics_finite(buffer.at[diagonal_2].set(jnp.inf), layout))
+    assert not bool(kron.statistics_finite(buffer.at[-1].set(jnp.nan), layout))
+    # An overflowing (finite) gradient shows on the diagonal: 1e20^2 > float32's max.
+    blocks = kron.to_blocks([jnp.full((4, 6), 1e20), jnp.ones(3)], layout, jnp.float32)
+    stats = kron.accumulate(buffer, kron.axis_grams(blocks, layout), layout, 0.9)
+    assert not bool(kron.statistics_finite(stats, layout))
+
+
+# -- refresh ---------------------------------------------------------------------------------------
+def test_refresh_bookkeeping_with_a_custom_refresh_fn():
+    # Two groups; the refresh_fn proposes 2 S and accepts the blocks with an even index only.
+    layout = kron.make_layout(((8, 8), (4, 4, 4)), 4, 8192, False, None)
+    rng = np.random.default_rng(2)
+    stats = jnp.asarray(f32(rng, (layout.matrix_size,)))
+    factors = kron.identity_factors(layout)
+    seen = []
+
+    def refresh_fn(s, group):
+        seen.append((group.dim, group.p, s.shape))
+        return 2 * s, jnp.arange(s.shape[0]) % 2 == 0
+
+    new, rejected = kron.refresh(stats, factors, layout, refresh_fn)
+    assert seen == [(g.dim, g.p, (g.count, g.dim, g.dim)) for g in layout.groups]
+    assert int(rejected) == sum(g.count // 2 for g in layout.groups)
+    for s, old, out in zip(kron.group_stacks(stats, layout), kron.group_stacks(factors, layout),
+                           kron.group_stacks(new, layout)):
+        np.testing.assert_array_equal(out[0::2], 2 * np.asarray(s[0::2]))
+        np.testing.assert_array_equal(out[1::2], old[1::2])
+        np.testing.assert_array_equal(old[1::2], np.broadcast_to(np.eye(old.shape[-1]),
+                                                                 old[1::2].shape))
+
+
+def _ref_root(a, p, eps):
+    w, v = np.linalg.eigh(a)
+    w = np.maximum(w, 0.0)
+    ridge = eps * w[-1]
+    return (v * (w + ridge) ** (-1.0 / p)) @ v.T, (w[-1] + ridge) / (w[0] + ridge)
+
+
+@pytest.mark.parametrize("shapes", [((6, 24), (12, 48)), ((3, 4, 5),)])
+def test_inverse_roots_against_float64_eigh(shapes):
+    rng = np.random.default_rng(3)
+    leaves = [f32(rng, s) for s in shapes]
+    layout = layout_of(leaves, block_size=64, merge=False)
+    blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
+    stats = kron.accumulate(jnp.zeros((layout.stats_size,), jnp.float32),
+                            kron.axis_grams(blocks, layout), layout, 1.0)
+    refresh_fn = kron.inverse_roots(eps=1e-6, eps_floor=0.0, method="eigh", threshold=np.inf)
+    roots, rejected = kron.refresh(stats, kron.identity_factors(layout), layout, refresh_fn)
+    assert int(rejected) == 0
+    for group, s, r in zip(layout.groups, kron.group_stacks(stats, layout),
+                           kron.group_stacks(roots, layout)):
+        for a, x in zip(np.asarray(s, np.float64), np.asarray(r, np.float64)):
+            ref, kappa = _ref_root(a, group.p, 1e-6)
+            # eigh is backward stable: exact eigenpairs of S + E, ||E||_2 <= c d U ||S||_2.
+            # x -> x^{-1/p} has divided differences <= (1/p) lambda_min^{-1/p - 1}, so the root
+            # moves by <= (1/p) kappa sqrt(d) c d U relative to ||root||_2 = lambda_min^{-1/p};
+            # forming V diag V^T adds ~ d U. c = 4.
+            d = group.dim
+            tol = 4 * (kappa * d**1.5 / group.p + 2 * d) * U
+            assert np.linalg.norm(x - ref) / np.linalg.norm(ref, 2) <= tol
+
+
+def test_inverse_roots_reject_non_finite_statistics_and_keep_the_old_factor():
+    layout = kron.make_layout(((4, 6),), 64, 8192, True, None)
+    rng = np.random.default_rng(4)
+    blocks = kron.to_blocks([jnp.asarray(f32(rng, (4, 6)))], layout, jnp.float32)
+    stats = kron.accumulate(jnp.zeros((layout.stats_size,), jnp.float32),
+                            kron.axis_grams(blocks, layout), layout, 1.0)
+    refresh_fn = kron.inverse_roots(eps=1e-6, eps_floor=0.0, method="eigh", threshold=4.0)
+    good, rejected = kron.refresh(stats, kron.identity_factors(layout), layout, refresh_fn)
+    assert int(rejected) == 0
+    left = layout.groups[0]  # (4, p=4): the left statistic; (6, 4) the right one
+    poisoned = stats.at[left.offset + 1].set(jnp.nan)
+    new, rejected = kron.refresh(poisoned, good, layout, refresh_fn)
+    assert int(rejected) == 1
+    np.testing.assert_array_equal(new, good)  # rejected: kept; the other: recomputed, the same
+    # A threshold no root can meet rejects all of them.
+    _, rejected = kron.refresh(stats, good, layout, kron.inverse_roots(
+        eps=1e-6, eps_floor=0.0, method="eigh", threshold=1e-30))
+    assert int(rejected) == 2
+
+
+# -- preconditioning -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in LEAF_SETS if n != "mixed_tree"] + ["unpreconditioned"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_mode_products_along_each_axis(name, transpose):
+    shapes, kw = LEAF_SETS.get(name, ([(3, 10), (4, 4)], {"block_size": None, "max_dim": 4}))
+    rng = np.random.default_rng(5)
+    leaves = [f32(rng, s) for s in shapes]
+    layout = layout_of(leaves, **kw)
+    # Random, non-symmetric factors: transpose must matter.
+    factor_stacks = [f32(rng, (g.count, g.dim, g.dim)) for g in layout.groups]
+    factors = jnp.asarray(np.concatenate([f.ravel() for f in factor_stacks]))
+    blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
+    out = kron.mode_products(blocks.stacks, factors, layout, transpose=transpose)
+    for kind, stack, ref_blocks in zip(layout.kinds, out, blocks_np(leaves, layout)):
+        for b, x in enumerate(ref_blocks):
+            ref, bound, length = x, np.abs(x), 0
+            for axis, g in enumerate(kind.axis_groups):
+                if g is None:
+                    continue
+                f = factor_stacks[g][kind.axis_offsets[axis] + b].astype(np.float64)
+                f = f.T if transpose else f
+                ref, bound = mode_apply(ref, f, axis), mode_apply(bound, np.abs(f), axis)
+                length += layout.groups[g].dim
+            # Each product is a length-d dot product per entry; errors of earlier products are
+            # carried through the later ones: |error| <= (sum of d) U (the |.| computation).
+            assert np.all(np.abs(np.asarray(stack[b], np.float64) - ref) <= 2 * length * U * bound)
+
+
+def test_diagonal_root_uses_a_ridge_per_leaf():
+    rng = np.random.default_rng(6)
+    layout = layout_of([np.zeros(5), np.zeros(()), np.zeros(3)])
+    g = f32(rng, (9,))
+    # Statistics in [0.5, 4] (and one leaf far smaller, so a shared ridge would show).
+    v = rng.uniform(0.5, 4.0, 9).astype(np.float32)
+    v[6:] *= np.float32(1e-6)
+    out = kron.diagonal_root(jnp.asarray(g), jnp.asarray(v), layout, eps=1e-2, eps_floor=1e-9,
+                             p=2)
+    ref = np.empty(9)
+    for lo, hi in [(0, 5), (5, 6), (6, 9)]:
+        vv = v[lo:hi].astype(np.float64)
+        ref[lo:hi] = g[lo:hi] / np.sqrt(vv + 1e-2 * vv.max() + 1e-9)
+    # max, two additions, a power (XLA's pow is exp(y log x): a few ulps for |y log x| < 1) and a
+    # product: 16 U.
+    np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=16 * U, atol=0)
+    assert kron.diagonal_root(None, jnp.zeros(0), layout_of([np.zeros((2, 2))]), eps=0.0,
+                              eps_floor=0.0, p=2) is None
+
+
+# -- grafting --------------------------------------------------------------------------------------
+def test_graft_takes_each_block_norm_and_each_vector_leaf_norm_from_the_reference():
+    rng = np.random.default_rng(7)
+    shapes = [(10, 7), (5,), (3,)]
+    layout = layout_of([np.zeros(s) for s in shapes])
+    direction = kron.to_blocks([jnp.asarray(f32(rng, s)) for s in shapes], layout, jnp.float32)
+    reference = kron.to_blocks([jnp.asarray(f32(rng, s, 1e-3)) for s in shapes], layout,
+                               jnp.float32)
+    # One all-zero direction block and one zero vector leaf: their update is zero.
+    direction = kron.Blocks((direction.stacks[0].at[0].set(0.0), *direction.stacks[1:]),
+                            direction.vector.at[5:].set(0.0))
+    out = kron.graft(direction, reference, layout)
+
+    def grafted(d, r):
+        d, r = np.asarray(d, np.float64), np.asarray(r, np.float64)
+        n = np.linalg.norm(d)
+        return d * (np.linalg.norm(r) / n) if n > 0 else np.zeros_like(d)
+
+    # Two norms of length m (relative error <= m U / 2 each after the square root), a division
+    # and a product: (m + 4) U, doubled.
+    for o, d, r in zip(out.stacks, direction.stacks, reference.stacks):
+        m = math.prod(d.shape[1:])
+        for ob, db, rb in zip(o, d, r):
+            np.testing.assert_allclose(ob, grafted(db, rb), rtol=2 * (m + 4) * U, atol=0)
+    for lo, hi in [(0, 5), (5, 8)]:
+        np.testing.assert_allclose(out.vector[lo:hi],
+                                   grafted(direction.vector[lo:hi], reference.vector[lo:hi]),
+                                   rtol=2 * (hi - lo + 4) * U, atol=0)
+
+
+def test_graft_ratio():
+    ratio = kron.graft_ratio(jnp.asarray([2.0, 0.0, 1e-30]), jnp.asarray([1.0, 5.0, 1e-30]))
+    np.testing.assert_array_equal(ratio, [0.5, 0.0, 1.0])
+
+
+def test_engine_runs_under_jit_with_one_trace_per_layout():
+    leaves = [jnp.ones((10, 7)), jnp.ones(3)]
+    layout = layout_of(leaves)
+    traces = []
+
+    @jax.jit
+    def step(stats, leaves):
+        traces.append(1)
+        blocks = kron.to_blocks(leaves, layout, jnp.float32)
+        stats = kron.accumulate(stats, kron.axis_grams(blocks, layout), layout, 0.9)
+        return stats, kron.from_blocks(blocks, layout, leaves)
+
+    stats = jnp.zeros((layout.stats_size,), jnp.float32)
+    for _ in range(3):
+        stats, back = step(stats, leaves)
+    assert len(traces) == 1
