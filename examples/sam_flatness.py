@@ -1,7 +1,7 @@
 """SAM finds flatter minima: SGD vs SAM(SGD) on scikit-learn's digits, same model, same loss.
 
 Trains one small Flax NNX MLP with BatchNorm twice from the same initialization, once with
-plain minibatch SGD and once with ``optax.chain(sam_perturb(rho), sgd)``, each until its
+plain minibatch SGD and once with ``optlab.sam(sgd, rho=rho)``, each until its
 full-training-set loss first reaches the same target. At that point it measures the
 sharpness of the training loss (the top Hessian eigenvalue, by Lanczos, and the Hessian trace,
 by Hutchinson's estimator; ``optlab.lab.sharpness``) and the test accuracy. Foret et al. (2021)
@@ -41,7 +41,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from optlab import sam_perturb
+from optlab import sam
 from optlab.lab.sharpness import hessian_eigenvalues_lanczos, hessian_trace
 
 
@@ -213,7 +213,7 @@ def main() -> None:
 
     optimizers = {
         "sgd": optax.sgd(args.lr),
-        "sam": optax.chain(sam_perturb(rho=args.rho), optax.sgd(args.lr)),
+        "sam": sam(optax.sgd(args.lr), rho=args.rho),
     }
     results = []
     for seed in args.seeds:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from optlab.linalg import orthogonalize
+from optlab._src.common import SkipNonFiniteState
 from optlab._src.muon import (
     MUON_EXCLUDED_NAMES,
     MuonDimensionNumbers,
@@ -20,6 +22,7 @@ from optlab._src.muon import (
     resolve_method,
     scale_by_muon,
 )
+from optlab.linalg import orthogonalize
 
 
 def polar64(x: np.ndarray) -> np.ndarray:
@@ -35,6 +38,12 @@ def random_tree(seed: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.
 
 def singular_values(x: jax.Array) -> np.ndarray:
     return np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+
+
+def apply(tx: optax.GradientTransformation, updates, *, jit: bool = False):
+    """The first update of ``tx`` for ``updates`` (a fresh state)."""
+    update = jax.jit(tx.update) if jit else tx.update
+    return update(updates, tx.init(updates))[0]
 
 
 SHAPES = {"wide": (6, 10), "tall": (12, 5), "square": (7, 7)}
@@ -56,8 +65,8 @@ def test_svd_update_matches_float64_reference_for_three_steps(nesterov: bool) ->
             mu[k] = beta * mu[k] + g64
             direction = g64 + beta * mu[k] if nesterov else mu[k]
             np.testing.assert_allclose(np.asarray(updates[k]), polar64(direction), atol=2e-5)
-            np.testing.assert_allclose(np.asarray(state.mu[k]), mu[k], rtol=1e-5, atol=1e-6)
-    assert int(state.count) == 3
+            np.testing.assert_allclose(np.asarray(state.inner.mu[k]), mu[k], rtol=1e-5, atol=1e-6)
+    assert int(state.inner.count) == 3 and int(state.skipped_steps) == 0
 
 
 def test_momentum_matches_handwritten_loop_and_mu_dtype() -> None:
@@ -70,18 +79,18 @@ def test_momentum_matches_handwritten_loop_and_mu_dtype() -> None:
         for g in grads:
             _, state = tx.update(g, state)
             m = beta * m + np.asarray(g["w"], np.float64)  # M_t = beta M_{t-1} + G_t
-        np.testing.assert_allclose(np.asarray(state.mu["w"]), m, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.inner.mu["w"]), m, rtol=1e-5)
     tx = scale_by_muon(mu_dtype=jnp.bfloat16)
     state = tx.init(grads[0])
-    assert isinstance(state, ScaleByMuonState) and state.mu["w"].dtype == jnp.bfloat16
+    assert isinstance(state.inner, ScaleByMuonState) and state.inner.mu["w"].dtype == jnp.bfloat16
     updates, state2 = jax.jit(tx.update)(grads[0], state)
-    assert state2.mu["w"].dtype == jnp.bfloat16 and updates["w"].dtype == jnp.float32
+    assert state2.inner.mu["w"].dtype == jnp.bfloat16 and updates["w"].dtype == jnp.float32
 
 
 # -- layouts ---------------------------------------------------------------------------------------
 def test_conv_kernel_is_orthogonalized_as_reshaped_matrix() -> None:
     kernel = random_tree(3, {"k": (3, 3, 4, 8)})  # Flax [h, w, in, out]
-    out = orthogonalize_muon(method="svd").update(kernel, optax.EmptyState())[0]["k"]
+    out = apply(orthogonalize_muon(method="svd"), kernel)["k"]
     expected = polar64(np.asarray(kernel["k"]).reshape(36, 8)).reshape(3, 3, 4, 8)
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5)
 
@@ -89,7 +98,7 @@ def test_conv_kernel_is_orthogonalized_as_reshaped_matrix() -> None:
 def test_nnx_attention_projection_kernels_use_in_by_heads_times_head_dim() -> None:
     g = random_tree(4, {"q": (16, 2, 8), "o": (2, 8, 16)})
     tree = {"attn": {"query": {"kernel": g["q"]}, "out": {"kernel": g["o"]}}}
-    out = orthogonalize_muon(method="svd").update(tree, optax.EmptyState())[0]["attn"]
+    out = apply(orthogonalize_muon(method="svd"), tree)["attn"]
     q_ref = polar64(np.asarray(g["q"]).reshape(16, 16)).reshape(16, 2, 8)
     o_ref = polar64(np.asarray(g["o"]).reshape(16, 16)).reshape(2, 8, 16)
     np.testing.assert_allclose(np.asarray(out["query"]["kernel"]), q_ref, atol=2e-5)
@@ -103,7 +112,7 @@ def test_dimension_numbers_with_batch_axes_equal_per_slice_results() -> None:
         # batch axis 1; reduction 0; output (2, 3) -> 6 x 15 per slice
         "middle": optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=(2, -1)),
     }
-    out = orthogonalize_muon(method="svd", dimension_numbers=dims).update(g, None)[0]
+    out = apply(orthogonalize_muon(method="svd", dimension_numbers=dims), g)
     x = np.asarray(g["stacked"])
     for i in range(3):
         np.testing.assert_allclose(np.asarray(out["stacked"][i]), polar64(x[i]), atol=2e-5)
@@ -113,9 +122,9 @@ def test_dimension_numbers_with_batch_axes_equal_per_slice_results() -> None:
         np.testing.assert_allclose(np.asarray(out["middle"][:, j]), ref, atol=2e-5)
 
     # The same through a root callable (optax's convention) and per-leaf callables.
-    by_fn = orthogonalize_muon(method="svd", dimension_numbers=lambda u: dims).update(g, None)[0]
+    by_fn = apply(orthogonalize_muon(method="svd", dimension_numbers=lambda u: dims), g)
     per_leaf = {"stacked": lambda leaf: dims["stacked"], "middle": dims["middle"]}
-    by_leaf = orthogonalize_muon(method="svd", dimension_numbers=per_leaf).update(g, None)[0]
+    by_leaf = apply(orthogonalize_muon(method="svd", dimension_numbers=per_leaf), g)
     for k in g:
         np.testing.assert_allclose(np.asarray(by_fn[k]), np.asarray(out[k]), atol=1e-6)
         np.testing.assert_allclose(np.asarray(by_leaf[k]), np.asarray(out[k]), atol=1e-6)
@@ -124,7 +133,7 @@ def test_dimension_numbers_with_batch_axes_equal_per_slice_results() -> None:
 def test_grouped_leaves_equal_individual_orthogonalization() -> None:
     g = random_tree(6, {"a": (8, 16), "b": (16, 8), "c": (8, 16), "d": (8, 8)})
     for method in ("newton_schulz", "gram_newton_schulz"):  # ("auto" is checked below)
-        out = jax.jit(orthogonalize_muon(method=method).update)(g, None)[0]
+        out = apply(orthogonalize_muon(method=method), g, jit=True)
         for k, x in g.items():
             ref = jax.jit(orthogonalize, static_argnames="method")(x, method=method)
             np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref), atol=2e-5)
@@ -143,7 +152,7 @@ def test_rank_below_two_never_reaches_muon_and_is_rejected_when_labelled() -> No
     for k in ("b", "s"):
         np.testing.assert_allclose(np.asarray(updates[k]), np.asarray(ref[k]), rtol=1e-6)
     with pytest.raises(ValueError, match=r"\['b'\].*rank 1 < 2"):
-        scale_by_muon().update(grads, scale_by_muon().init(params))
+        apply(scale_by_muon(), grads)
     bad = muon(0.05, labels={"w": "muon", "b": "muon", "s": "adam"})
     with pytest.raises(ValueError, match=r"\['b'\]"):
         bad.update(grads, bad.init(params), params)
@@ -229,7 +238,7 @@ def test_auto_method_choice() -> None:
     assert resolve_method("auto", (512, 2048), jnp.bfloat16) == "gram_newton_schulz"  # f32 math
     assert resolve_method("svd", (4, 4)) == "svd"
     g = random_tree(9, {"wide": (128, 256), "square": (8, 8)})
-    out = jax.jit(orthogonalize_muon().update)(g, None)[0]
+    out = apply(orthogonalize_muon(), g, jit=True)
     ortho = jax.jit(orthogonalize, static_argnames=("method", "coefficients"))
     wide_ref = ortho(g["wide"], method="gram_newton_schulz", coefficients="polar_express")
     np.testing.assert_allclose(np.asarray(out["wide"]), np.asarray(wide_ref), atol=2e-5)
@@ -248,7 +257,7 @@ def test_bfloat16_compute_dtype_runs() -> None:
     tx = scale_by_muon(compute_dtype=jnp.bfloat16, mu_dtype=jnp.bfloat16, scale=None)
     updates, state = jax.jit(tx.update)(g, tx.init(g))
     for k in g:
-        assert updates[k].dtype == jnp.float32 and state.mu[k].dtype == jnp.bfloat16
+        assert updates[k].dtype == jnp.float32 and state.inner.mu[k].dtype == jnp.bfloat16
         s = singular_values(updates[k])
         # Polar Express in bfloat16: the top of the spectrum to ~1e-2; bfloat16's rounding of the
         # Gram matrix leaves sigma_min ~0.87 here (cond 5), still inside NS's [0.68, 1.13] band.
@@ -265,7 +274,7 @@ def test_bfloat16_compute_dtype_runs() -> None:
      (scale_by_muon, {"beta": -0.1}, r"beta must be in \[0, 1\)"),
      (scale_by_muon, {"steps": 0}, "steps must be an integer >= 1"),
      (scale_by_muon, {"steps": 2.5}, "steps must be an integer >= 1"),
-     (scale_by_muon, {"nesterov": "yes"}, "nesterov must be a bool"),
+     (scale_by_muon, {"nesterov": "yes"}, "nesterov must be True or False"),
      (scale_by_muon, {"mu_dtype": jnp.int32}, "mu_dtype must be"),
      (scale_by_muon, {"coefficients": "chebyshev"}, "coefficients must be"),
      (muon, {"learning_rate": 0.1, "beta": 1.5}, "beta must be in"),
@@ -281,9 +290,9 @@ def test_bad_input_raises_value_error_naming_the_argument(factory, kwargs, match
 def test_bad_dimension_numbers_raise() -> None:
     g = random_tree(12, {"w": (3, 4, 5)})
     with pytest.raises(ValueError, match="overlap"):
-        orthogonalize_muon(dimension_numbers=MuonDimensionNumbers(0, (0, 1))).update(g, None)
+        apply(orthogonalize_muon(dimension_numbers=MuonDimensionNumbers(0, (0, 1))), g)
     with pytest.raises(ValueError, match="out of range"):
-        orthogonalize_muon(dimension_numbers=MuonDimensionNumbers(0, 3)).update(g, None)
+        apply(orthogonalize_muon(dimension_numbers=MuonDimensionNumbers(0, 3)), g)
 
 
 # -- composition: jit, inject_hyperparams, schedules, NaN ------------------------------------------
@@ -324,17 +333,215 @@ def test_learning_rate_schedule() -> None:
     np.testing.assert_allclose(norms, [0.1, 0.05, 0.0], atol=1e-6)
 
 
-def test_nonfinite_gradient_is_skipped_and_never_enters_momentum() -> None:
-    params = {"w": jnp.ones((4, 8)) * 0.1, "b": jnp.zeros(8)}
-    grads = random_tree(15, {"w": (4, 8), "b": (8,)})
+# -- optlab's one NaN/Inf policy -------------------------------------------------------------------
+def assert_trees_equal(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_all_zero(tree) -> None:
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(tree)), tree
+
+
+MATRIX_PARAMS = {"w": jnp.full((4, 8), 0.1), "b": jnp.zeros(8)}
+PUBLIC_TRANSFORMS = {
+    "muon": lambda: muon(0.02),
+    "scale_by_muon": lambda: scale_by_muon(),
+    "orthogonalize_muon": lambda: orthogonalize_muon(),
+}
+
+
+def _params_for(name: str) -> dict[str, jax.Array]:
+    # scale_by_muon / orthogonalize_muon take matrices only.
+    return MATRIX_PARAMS if name == "muon" else {"w": MATRIX_PARAMS["w"]}
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_TRANSFORMS))
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_gradient_is_skipped_counted_and_never_enters_the_state(name, bad) -> None:
+    tx = PUBLIC_TRANSFORMS[name]()
+    params = _params_for(name)
+    grads = {k: v for k, v in random_tree(15, {"w": (4, 8), "b": (8,)}).items() if k in params}
+    update = jax.jit(tx.update)
+    _, state = update(grads, tx.init(params), params)
+    poisoned = {**grads, "w": grads["w"].at[0, 0].set(bad)}
+    u, bad_state = update(poisoned, state, params, unknown_extra=1)
+    assert_all_zero(u)
+    assert isinstance(bad_state, SkipNonFiniteState)
+    assert int(state.skipped_steps) == 0 and int(bad_state.skipped_steps) == 1
+    assert_trees_equal(bad_state.inner, state.inner)
+    # The next finite gradient is not counted and moves as if the bad step never happened.
+    u_next, next_state = update(grads, bad_state, params)
+    u_ref, _ = update(grads, state, params)
+    assert int(next_state.skipped_steps) == 1
+    assert_trees_equal(u_next, u_ref)
+
+
+def test_finite_gradient_whose_adamw_moment_overflows_is_skipped_and_counted() -> None:
+    # 1e20 is finite in float32, its square is not: AdamW's nu would become inf and freeze the
+    # bias forever (optax.apply_if_finite, which checks only the gradient, let that through).
     tx = muon(0.02)
-    state = tx.init(params)
-    _, state = tx.update(grads, state, params)
-    bad = {**grads, "w": grads["w"].at[0, 0].set(jnp.nan)}
-    u, bad_state = jax.jit(tx.update)(bad, state, params)
-    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
-    assert int(bad_state.total_notfinite) == 1
-    for a, b in zip(jax.tree.leaves(state.inner_state), jax.tree.leaves(bad_state.inner_state),
-                    strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert not hasattr(muon(0.02, skip_nonfinite=False).init(params), "total_notfinite")
+    params = MATRIX_PARAMS
+    grads = random_tree(16, {"w": (4, 8), "b": (8,)})
+    _, state = tx.update(grads, tx.init(params), params)
+    u, new_state = jax.jit(tx.update)({**grads, "b": grads["b"] * 1e20}, state, params)
+    assert_all_zero(u)
+    assert int(new_state.skipped_steps) == 1
+    assert_trees_equal(new_state.inner, state.inner)
+
+
+def test_momentum_overflow_is_skipped_and_counted() -> None:
+    # max|G| = 1e38 (finite): N = G + beta M reaches 1e38 (1 + 1.95 * 0.95) = 2.85e38 at step 2
+    # and 3.7e38 > float32 max (3.4e38) at step 3, which must be skipped, not applied as NaN.
+    r = np.asarray(random_tree(17, {"w": (4, 8)})["w"], np.float64)
+    g = {"w": jnp.asarray(1e38 * r / np.abs(r).max(), jnp.float32)}
+    tx = scale_by_muon(beta=0.95, scale=None)
+    update = jax.jit(tx.update)
+    state = tx.init(g)
+    for _ in range(2):
+        u, state = update(g, state)
+        assert np.all(np.isfinite(np.asarray(u["w"]))) and int(state.skipped_steps) == 0
+    u, new_state = update(g, state)
+    assert_all_zero(u)
+    assert int(new_state.skipped_steps) == 1
+    assert_trees_equal(new_state.inner, state.inner)
+
+
+# -- extreme but finite magnitudes -----------------------------------------------------------------
+@pytest.mark.parametrize("method", ["auto", "newton_schulz", "gram_newton_schulz"])
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e20, 1e30])
+def test_polar_factor_does_not_depend_on_the_gradient_scale(method, magnitude) -> None:
+    # U V^T(c X) = U V^T(X) for c > 0: the same update at 1e-30 as at 1, to the iteration's
+    # float32 round-off (1e-5 relative, x 10 for two runs of an iteration that amplifies it).
+    g = random_tree(18, {"w": (8, 16)})
+    tx = orthogonalize_muon(method=method)
+    ref = np.asarray(apply(tx, g)["w"])
+    out = np.asarray(apply(tx, {"w": g["w"] * magnitude})["w"])
+    assert np.abs(ref).max() > 0.1  # a real orthogonal factor, not a vanishing one
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_a_gradient_spike_gives_the_right_direction_and_later_updates_stay_orthogonal() -> None:
+    # A finite spike G = 1e20 R dominates the momentum for hundreds of steps (0.95^k 1e20 vs
+    # O(1)): Muon's updates then follow polar(R), with unit singular values, never all-zero.
+    rng = np.random.default_rng(19)
+    params = {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)}
+    spike = {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)}
+    lr = 0.1
+    tx = muon(lr, scale=None)
+    update = jax.jit(tx.update)
+    u, state = update({"w": spike["w"] * 1e20}, tx.init(params), params)
+    direction = polar64(np.asarray(spike["w"]))
+    # Polar Express leaves |sigma - 1| <~ 1e-2 (module docstring), so the update is within
+    # that much of -lr polar(R) in the spectral norm, hence entrywise.
+    np.testing.assert_allclose(np.asarray(u["w"]), -lr * direction, atol=2e-2 * lr)
+    for _ in range(20):
+        g = {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)}
+        u, state = update(g, state, params)
+        s = singular_values(np.asarray(u["w"]) / lr)
+        assert np.all(np.abs(s - 1) < 0.05), s
+        np.testing.assert_allclose(np.asarray(u["w"]), -lr * direction, atol=5e-2 * lr)
+    assert int(state.skipped_steps) == 0
+
+
+# -- dtypes and shapes -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(PUBLIC_TRANSFORMS))
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.int32, jnp.bool_])
+def test_non_floating_parameters_are_rejected_at_init_naming_the_leaf(name, dtype) -> None:
+    params = {"w": jnp.ones((4, 8), dtype)}
+    with pytest.raises(ValueError, match=rf"optlab.{name} supports real floating.*\['w'\]"):
+        PUBLIC_TRANSFORMS[name]().init(params)
+
+
+def test_integer_leaf_in_muon_is_rejected_at_init_even_if_routed_to_adamw() -> None:
+    params = {"w": jnp.ones((4, 8)), "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError, match=r"\['step'\] has dtype int32"):
+        muon(0.02).init(params)
+
+
+def test_zero_size_leaves_get_zero_size_updates() -> None:
+    params = {"w": jnp.ones((4, 8)), "empty": jnp.zeros((0, 5)), "conv": jnp.zeros((3, 3, 0, 4))}
+    grads = random_tree(20, {"w": (4, 8)}) | {"empty": jnp.zeros((0, 5)),
+                                             "conv": jnp.zeros((3, 3, 0, 4))}
+    for tx in (scale_by_muon(), orthogonalize_muon(), muon(0.02, labels=lambda p: {
+            k: "muon" for k in p})):
+        u, state = jax.jit(tx.update)(grads, tx.init(params), params)
+        assert u["empty"].shape == (0, 5) and u["conv"].shape == (3, 3, 0, 4)
+        assert float(jnp.abs(u["w"]).max()) > 0 and int(state.skipped_steps) == 0
+
+
+def test_bfloat16_params_keep_their_dtype_and_momentum_follows_mu_dtype() -> None:
+    params = {"w": jnp.ones((4, 8), jnp.bfloat16), "b": jnp.zeros(8, jnp.bfloat16)}
+    grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16),
+                         random_tree(21, {"w": (4, 8), "b": (8,)}))
+    for mu_dtype, expected in ((None, jnp.bfloat16), (jnp.float32, jnp.float32)):
+        tx = muon(0.02, mu_dtype=mu_dtype)
+        u, state = jax.jit(tx.update)(grads, tx.init(params), params)
+        assert u["w"].dtype == jnp.bfloat16 and u["b"].dtype == jnp.bfloat16
+        mus = [x for x in jax.tree.leaves(state.inner)
+               if jnp.issubdtype(x.dtype, jnp.floating) and x.shape == (4, 8)]
+        assert mus and all(x.dtype == expected for x in mus)
+        s = singular_values(np.asarray(u["w"], np.float32) / 0.02 / np.sqrt(2))  # spectral
+        assert np.all(np.abs(s - 1) < 0.05), s  # bfloat16 output: 2^-8 rounding + PE's 1e-2
+
+
+# -- signatures and construction-time validation ---------------------------------------------------
+@pytest.mark.parametrize(("factory", "first"), [(muon, 1), (scale_by_muon, 1),
+                                                (orthogonalize_muon, 1)])
+def test_options_after_the_first_argument_are_keyword_only(factory, first) -> None:
+    params = list(inspect.signature(factory).parameters.values())
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[first:]), params
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "name"),
+    [(muon, {"learning_rate": None}, "learning_rate"),
+     (muon, {"learning_rate": float("nan")}, "learning_rate"),
+     (muon, {"learning_rate": "0.02"}, "learning_rate"),
+     (muon, {"learning_rate": -0.1}, "learning_rate"),
+     (muon, {"learning_rate": 0.1, "adam_learning_rate": float("inf")}, "adam_learning_rate"),
+     (muon, {"learning_rate": 0.1, "beta": None}, "beta"),
+     (muon, {"learning_rate": 0.1, "beta": "0.9"}, "beta"),
+     (muon, {"learning_rate": 0.1, "beta": float("nan")}, "beta"),
+     (muon, {"learning_rate": 0.1, "beta": True}, "beta"),
+     (muon, {"learning_rate": 0.1, "weight_decay": None}, "weight_decay"),
+     (muon, {"learning_rate": 0.1, "weight_decay": float("nan")}, "weight_decay"),
+     (muon, {"learning_rate": 0.1, "adam_b1": None}, "adam_b1"),
+     (muon, {"learning_rate": 0.1, "adam_b2": "0.95"}, "adam_b2"),
+     (muon, {"learning_rate": 0.1, "adam_eps": float("nan")}, "adam_eps"),
+     (muon, {"learning_rate": 0.1, "adam_eps": "1e-8"}, "adam_eps"),
+     (muon, {"learning_rate": 0.1, "adam_weight_decay": -1.0}, "adam_weight_decay"),
+     (muon, {"learning_rate": 0.1, "nesterov": None}, "nesterov"),
+     (muon, {"learning_rate": 0.1, "method": None}, "method"),
+     (muon, {"learning_rate": 0.1, "steps": True}, "steps"),
+     (muon, {"learning_rate": 0.1, "scale": 2.0}, "scale"),
+     (muon, {"learning_rate": 0.1, "mu_dtype": "int8"}, "mu_dtype"),
+     (muon, {"learning_rate": 0.1, "compute_dtype": jnp.int32}, "compute_dtype"),
+     (muon, {"learning_rate": 0.1, "coefficients": [(1.0, 2.0)]}, "coefficients"),
+     (scale_by_muon, {"beta": None}, "beta"),
+     (scale_by_muon, {"beta": float("nan")}, "beta"),
+     (scale_by_muon, {"coefficients": [(1.0, float("nan"), 0.0)]}, "coefficients"),
+     (orthogonalize_muon, {"method": 3}, "method"),
+     (orthogonalize_muon, {"steps": 0}, "steps"),
+     (orthogonalize_muon, {"compute_dtype": "complex64"}, "compute_dtype")],
+)
+def test_every_hyperparameter_is_validated_at_construction(factory, kwargs, name) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        factory(**kwargs)
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_TRANSFORMS))
+def test_inject_hyperparams_with_defaults_and_unknown_extra_args(name) -> None:
+    factory = {"muon": muon, "scale_by_muon": scale_by_muon,
+               "orthogonalize_muon": orthogonalize_muon}[name]
+    kwargs = {"learning_rate": 0.02} if name == "muon" else {}
+    params = _params_for(name)
+    grads = {k: v for k, v in random_tree(22, {"w": (4, 8), "b": (8,)}).items() if k in params}
+    injected = optax.inject_hyperparams(factory)(**kwargs)
+    plain = factory(**kwargs)
+    u, state = jax.jit(injected.update)(grads, injected.init(params), params)
+    ref, _ = plain.update(grads, plain.init(params), params, unknown_extra=1)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    if name != "orthogonalize_muon":  # which has no numeric hyperparameter
+        assert "beta" in state.hyperparams

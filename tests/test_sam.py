@@ -3,6 +3,7 @@ composition with optax (chain, jit, inject_hyperparams, MultiSteps, apply_if_fin
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
@@ -12,6 +13,7 @@ import optax
 import pytest
 
 from optlab._src import tree as _tree
+from optlab._src.common import SkipNonFiniteState
 from optlab._src.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
 
 
@@ -159,31 +161,54 @@ def test_zero_gradient_gives_no_perturbation_and_no_nan(p, adaptive):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_non_finite_gradient_gives_nan_output_and_apply_if_finite_skips():
+def test_non_finite_gradient_is_skipped_with_zero_output_and_counted():
     params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array(0.5)}
-    bad = {"w": jnp.array([1.0, jnp.nan, 3.0]), "b": jnp.array(1.0)}
+    good = {"w": jnp.array([1.0, -1.0, 3.0]), "b": jnp.array(1.0)}
+    calls = []
 
     def grad_fn(p):  # finite everywhere: the NaN must come from the incoming gradient
+        calls.append(1)
         return jax.tree.map(lambda x: 2.0 * x, p)
 
-    for p in (2, math.inf, 1.5):
-        tx = sam_perturb(rho=0.1, p=p)
-        out, _ = jax.jit(lambda g, tx=tx: tx.update(g, tx.init(params), params, grad_fn=grad_fn))(
-            bad
-        )
-        assert all(bool(jnp.all(jnp.isnan(v))) for v in jax.tree.leaves(out))
+    for bad_value in (jnp.nan, jnp.inf):
+        bad = {**good, "w": good["w"].at[1].set(bad_value)}
+        for p in (2, math.inf, 1.5):
+            tx = sam_perturb(rho=0.1, p=p)
+            out, state = jax.jit(lambda g, tx=tx: tx.update(g, tx.init(params), params,
+                                                            grad_fn=grad_fn))(bad)
+            assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(out))
+            assert isinstance(state, SkipNonFiniteState) and int(state.skipped_steps) == 1
 
-    for opt in (
-        optax.apply_if_finite(sam(optax.sgd(0.1), rho=0.1), 3),
-        sam(optax.apply_if_finite(optax.sgd(0.1), 3), rho=0.1),  # sees SAM's NaN output
-    ):
-        state = opt.init(params)
-        u, state = jax.jit(lambda g, s, opt=opt: opt.update(g, s, params, grad_fn=grad_fn))(
-            bad, state
-        )
+        # sam(base): one guard around the perturbation and the base optimizer.
+        opt = sam(optax.sgd(0.1, momentum=0.9), rho=0.1)
+        update = jax.jit(lambda g, s, opt=opt: opt.update(g, s, params, grad_fn=grad_fn))
+        _, state = update(good, opt.init(params))
+        u, new_state = update(bad, state)
         assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
-        inner = state if hasattr(state, "notfinite_count") else state[1]
-        assert int(inner.notfinite_count) == 1
+        assert int(new_state.skipped_steps) == 1
+        for x, y in zip(jax.tree.leaves(new_state.inner), jax.tree.leaves(state.inner),
+                        strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_gradient_at_the_perturbed_point_is_skipped_and_base_state_kept():
+    params = {"w": jnp.array([1.0, 2.0, 3.0])}
+    g = {"w": jnp.array([0.5, -1.0, 2.0])}
+
+    def grad_fn(p):  # NaN at w + e_hat only (the perturbed point), finite at w
+        return {"w": jnp.where(jnp.all(p["w"] == params["w"]), 2.0 * p["w"], jnp.nan)}
+
+    for opt in (sam(optax.sgd(0.1, momentum=0.9), rho=0.1), sam_perturb(rho=0.1)):
+        state0 = opt.init(params)
+        state = jax.tree.map(lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                             state0)  # a non-trivial momentum to keep
+        u, new_state = jax.jit(lambda g, s, opt=opt: opt.update(g, s, params, grad_fn=grad_fn))(
+            g, state)
+        assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
+        assert int(new_state.skipped_steps) == 1
+        for x, y in zip(jax.tree.leaves(new_state.inner), jax.tree.leaves(state.inner),
+                        strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_tree_global_norms_match_numpy():
@@ -237,14 +262,18 @@ def test_grad_fn_with_wrong_structure_raises():
         ({"p": "inf"}, "p"),
         ({"eta": -1.0}, "eta"),
         ({"adaptive": "yes"}, "adaptive"),
+        ({"rho": None}, "rho"),
+        ({"p": None}, "p"),
+        ({"eta": None}, "eta"),
+        ({"eta": math.nan}, "eta"),
+        ({"adaptive": None}, "adaptive"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(kwargs, name):
-    with pytest.raises(ValueError, match=f"`{name}`"):
+    with pytest.raises(ValueError, match=rf"^{name} must"):
         sam_perturb(**kwargs)
-    if name != "adaptive":
-        with pytest.raises(ValueError, match=f"`{name}`"):
-            sam(optax.sgd(0.1), **kwargs)
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        sam(optax.sgd(0.1), **kwargs)
 
 
 def test_accepts_numpy_and_jax_scalars():
@@ -252,9 +281,10 @@ def test_accepts_numpy_and_jax_scalars():
         sam_perturb(rho=rho, p=jnp.asarray(2.0))
 
 
-def test_state_is_an_empty_namedtuple():
+def test_state_is_the_policy_counter_around_an_empty_namedtuple():
     state = sam_perturb().init({"w": jnp.ones(3)})
-    assert isinstance(state, SAMPerturbState) and state == SAMPerturbState()
+    assert isinstance(state, SkipNonFiniteState) and state.inner == SAMPerturbState()
+    assert int(state.skipped_steps) == 0
 
 
 def test_chain_under_jit_with_adamw_does_not_retrace():
@@ -315,7 +345,7 @@ def test_inject_hyperparams_rho_is_injectable_and_matches_fixed_rho():
         np.asarray(out_s),
         np.asarray(
             sam_perturb(0.1).update(
-                jax.grad(loss)(w), SAMPerturbState(), w, grad_fn=jax.grad(loss)
+                jax.grad(loss)(w), sam_perturb(0.1).init(w), w, grad_fn=jax.grad(loss)
             )[0]
         ),
         rtol=1e-6,
@@ -323,7 +353,7 @@ def test_inject_hyperparams_rho_is_injectable_and_matches_fixed_rho():
 
 
 def test_inject_hyperparams_rejects_bad_rho_at_init():
-    with pytest.raises(ValueError, match="`rho`"):
+    with pytest.raises(ValueError, match="^rho must"):
         optax.inject_hyperparams(sam_perturb)(rho=-1.0).init(jnp.ones(2))
 
 
@@ -405,3 +435,93 @@ def test_batchnorm_pattern_leaves_running_stats_to_the_clean_pass():
         for a, b in zip(jax.tree.leaves(new_rest), jax.tree.leaves(perturbed), strict=True)
     )
     assert diff > 1e-3  # the test would notice stats from the perturbed pass
+
+
+# -- extreme but finite gradients ------------------------------------------------------------------
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e20, 1e30])
+@pytest.mark.parametrize("p", [2, 1.5, 3.0, math.inf, 1])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_direction_and_radius_for_tiny_and_huge_gradients(magnitude, p, adaptive):
+    # e_hat does not depend on the scale of g: float32 gradients from 1e-30 to 1e30 give the
+    # float64 e_hat of the unscaled gradient to float32 round-off (a few ulps per operation,
+    # times the |u|^(q-1) power: rtol 1e-5 for q <= 3), and ||e||_p = rho (ASAM: in T^-1 e).
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=12)
+    w = rng.normal(size=12)
+    rho = 0.05
+    g32 = jnp.asarray(g * magnitude, jnp.float32)
+    e, ok = sam_perturbation(g32, jnp.asarray(w, jnp.float32), rho=rho, p=p, adaptive=adaptive)
+    assert bool(ok)
+    w32 = np.asarray(jnp.asarray(w, jnp.float32), np.float64)  # the weights T is built from
+    # The float64 reference of the gradient actually given (g rounded to float32, unscaled).
+    g_given = np.asarray(g32, np.float64) / magnitude
+    expected = _e_ref(g_given, rho, p, w32 if adaptive else None)
+    np.testing.assert_allclose(np.asarray(e, np.float64), expected, rtol=1e-5, atol=1e-7 * rho)
+    t = np.abs(w32) + 0.01 if adaptive else np.ones(12)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(e, np.float64) / t, ord=p), rho,
+                               rtol=1e-5)
+
+
+def test_sam_step_after_a_huge_gradient_is_the_sam_step_of_its_direction():
+    # The perturbation of a 1e30 gradient is that of its direction; the base optimizer then
+    # sees grad_fn at w + e_hat (finite), so the step is not skipped.
+    w = jnp.array([1.0, -2.0, 0.5])
+
+    def loss(v):
+        return 0.5 * jnp.sum(jnp.arange(1.0, 4.0) * v**2)
+
+    g = jax.grad(loss)(w)
+    tx = sam(optax.sgd(0.1), rho=0.05)
+    u_ref, _ = tx.update(g, tx.init(w), w, grad_fn=jax.grad(loss))
+    u, state = tx.update(g * 1e30, tx.init(w), w, grad_fn=jax.grad(loss))
+    assert int(state.skipped_steps) == 0
+    np.testing.assert_allclose(np.asarray(u), np.asarray(u_ref), rtol=1e-6)
+
+
+# -- dtypes, shapes, signatures --------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.int32])
+def test_non_floating_parameters_are_rejected_at_init_naming_the_leaf(dtype):
+    params = {"w": jnp.ones(3), "z": jnp.ones(2, dtype)}
+    with pytest.raises(ValueError, match=r"optlab.sam_perturb supports real floating.*\['z'\]"):
+        sam_perturb(0.05).init(params)
+    with pytest.raises(ValueError, match=r"optlab.sam supports real floating.*\['z'\]"):
+        sam(optax.sgd(0.1)).init(params)
+
+
+def test_zero_size_leaves_get_zero_size_gradients():
+    params = {"w": jnp.array([1.0, -2.0]), "empty": jnp.zeros((0, 3))}
+    g = {"w": jnp.array([0.3, 0.4]), "empty": jnp.zeros((0, 3))}
+    tx = sam_perturb(0.5)
+    out, state = jax.jit(lambda g, s: tx.update(g, s, params, grad_fn=_identity_grad_fn))(
+        g, tx.init(params))
+    assert out["empty"].shape == (0, 3) and int(state.skipped_steps) == 0
+    np.testing.assert_allclose(np.asarray(out["w"]), [1.3, -1.6], rtol=1e-6)  # w + 0.5 g/|g|
+
+
+@pytest.mark.parametrize(("factory", "first"), [(sam_perturb, 1), (sam, 1)])
+def test_options_after_the_first_argument_are_keyword_only(factory, first):
+    params = list(inspect.signature(factory).parameters.values())
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[first:]), params
+
+
+@pytest.mark.parametrize("base", [None, "sgd", optax.sgd])
+def test_sam_rejects_a_base_optimizer_that_is_not_a_transform(base):
+    with pytest.raises(ValueError, match="^base_optimizer must be an optax"):
+        sam(base)
+
+
+def test_sam_under_inject_hyperparams_with_defaults_and_unknown_extra_args():
+    def loss(v):
+        return jnp.sum(jnp.cos(v) * jnp.arange(1.0, 4.0))
+
+    w = jnp.array([0.3, -0.2, 1.0])
+    base = optax.sgd(0.1, momentum=0.9)
+    injected = optax.inject_hyperparams(sam)(base_optimizer=base, rho=0.2)
+    plain = sam(base, rho=0.2)
+    state = injected.init(w)
+    assert {"rho", "p", "eta"} <= set(state.hyperparams)
+    u, state = jax.jit(lambda s: injected.update(jax.grad(loss)(w), s, w,
+                                                 grad_fn=jax.grad(loss), unknown_extra=1))(state)
+    ref, _ = plain.update(jax.grad(loss)(w), plain.init(w), w, grad_fn=jax.grad(loss),
+                          unknown_extra=1)
+    np.testing.assert_allclose(np.asarray(u), np.asarray(ref), rtol=1e-6)

@@ -13,7 +13,8 @@ its orthogonal polar factor:
               + \lambda W_t\bigr).
 
 ``U V^T`` is the steepest-descent direction under the spectral norm (and Shampoo's update
-without accumulation: ``(G G^T)^{-1/4} G (G^T G)^{-1/4} = U V^T``, seed 000). It is computed
+without accumulation: ``(G G^T)^{-1/4} G (G^T G)^{-1/4} = U V^T``, Merkulov's seminar cited
+below). It is computed
 by :func:`optlab.linalg.orthogonalize` (Newton-Schulz, Polar Express, Gram Newton-Schulz or an
 exact SVD). The momentum is the reference implementation's non-bias-corrected form (optax's
 ``contrib.muon`` bias-corrects it instead); the EMA form ``M = beta M + (1 - beta) G`` used by
@@ -46,6 +47,14 @@ to ``U V^T`` (max ``|sigma - 1|`` about 1e-2 or better where Newton-Schulz's lea
 small Gram matrix for large rectangular matrices (fewer FLOPs there than 5 plain Newton-Schulz
 steps), see :func:`resolve_method`.
 
+NaN/Inf and extreme values. :func:`muon`, :func:`scale_by_muon` and :func:`orthogonalize_muon`
+follow optlab's one NaN/Inf policy (:func:`optlab.skip_nonfinite`): a step whose
+gradient, new momentum or update is not finite is skipped (zero update, state unchanged,
+``skipped_steps`` of the :class:`~optlab._src.common.SkipNonFiniteState` at the top of the state
+counts it). The polar factor does not depend on the scale of its input, so finite gradients from
+1e-30 to 1e30 all give unit singular values. Parameters must be real floating arrays (checked at
+``init``); leaves with a zero-size axis get a zero-size update.
+
 References:
   K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein, "Muon: An
   optimizer for hidden layers in neural networks", 2024,
@@ -53,6 +62,9 @@ References:
   J. Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982, 2025.
   N. Amsel, D. Persson, C. Musco, R. M. Gower, "The Polar Express: Optimal Matrix Sign Methods
   and Their Application to the Muon Algorithm", arXiv:2505.16932, 2025.
+  D. Merkulov, "Stories from training neural networks: Sharpness-Aware Minimization, Mode
+  Connectivity, Grokking, Double Descent", seminar, course "Convex optimization methods",
+  week 14 ("Optimization for all!" lecture series): Shampoo without accumulation is Muon.
 """
 
 from __future__ import annotations
@@ -68,6 +80,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optlab._src.common import (
+    at_least_float32,
+    check_bool,
+    check_choice,
+    check_dtype,
+    check_int,
+    check_leaf_dtypes,
+    check_learning_rate,
+    check_number,
+    skip_nonfinite,
+)
 from optlab.linalg._ordering import after
 from optlab.linalg.orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize
 
@@ -130,77 +153,67 @@ class MuonDimensionNumbers(NamedTuple):
 
 
 class ScaleByMuonState(NamedTuple):
-    """State of :func:`scale_by_muon`: the step count and the momentum (in ``mu_dtype``)."""
+    """Muon's own state: the step count and the momentum (in ``mu_dtype``).
+
+    :func:`scale_by_muon`'s state is ``SkipNonFiniteState(inner=ScaleByMuonState(...),
+    skipped_steps)`` (optlab's NaN/Inf policy); :func:`muon` keeps it inside its partition.
+    """
 
     count: jax.Array  # int32 scalar: update() calls so far
     mu: optax.Updates
 
 
-# -- validation ------------------------------------------------------------------------------------
-def _is_python_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+# -- validation (built on optlab._src.common) -----------------------------------------------------
+def _check_method(method: Any) -> None:
+    check_choice("method", method, MUON_METHODS)
 
 
-def _check_method(method: str) -> None:
-    if method not in MUON_METHODS:
-        raise ValueError(f"method must be one of {MUON_METHODS}, got {method!r}")
-
-
-def _check_steps(steps: int | None) -> None:
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
-                              or steps < 1):
-        raise ValueError(
-            f"steps must be an integer >= 1 or None (the method's default), got {steps!r}; "
-            "under optax.inject_hyperparams pass static_args=('steps',)")
+def _check_steps(steps: Any) -> None:
+    try:
+        check_int("steps", steps, 1, allow_none=True)
+    except ValueError as err:
+        # The usual way to get here with a valid number: inject_hyperparams traced it.
+        raise ValueError(f"{err} (the method's default when None); under "
+                         "optax.inject_hyperparams pass static_args=('steps',)") from None
 
 
 def _check_coefficients(coefficients: Any, steps: int | None) -> None:
+    accepted = ("coefficients must be None, 'newton_schulz', 'polar_express' or a non-empty "
+                "sequence of finite (a, b, c) triples")
     if coefficients is None:
         return
     if isinstance(coefficients, str):
-        if coefficients not in ("newton_schulz", "polar_express"):
-            raise ValueError("coefficients must be None, 'newton_schulz', 'polar_express' or a "
-                             f"sequence of (a, b, c) triples, got {coefficients!r}")
+        check_choice("coefficients", coefficients, ("newton_schulz", "polar_express"))
         return
     try:
         triples = [tuple(float(v) for v in c) for c in coefficients]
-    except TypeError:
+    except (TypeError, ValueError):
         triples = []
-    if not triples or any(len(t) != 3 for t in triples):
-        raise ValueError("coefficients must be None, 'newton_schulz', 'polar_express' or a "
-                         f"non-empty sequence of (a, b, c) triples, got {coefficients!r}")
+    if (not triples or any(len(t) != 3 for t in triples)
+            or not all(math.isfinite(v) for t in triples for v in t)):
+        raise ValueError(f"{accepted}, got {coefficients!r}")
     if steps is not None and steps != len(triples):
         raise ValueError(f"steps={steps} does not match the {len(triples)} coefficient triples")
 
 
 def _check_scale(scale: Any) -> None:
-    if scale is None or callable(scale) or scale in MUON_SCALES:
+    if scale is None or callable(scale) or (isinstance(scale, str) and scale in MUON_SCALES):
         return
     raise ValueError(
         f"scale must be one of {MUON_SCALES}, None or a callable (fan_in, fan_out) -> float, "
         f"got {scale!r}")
 
 
-def _check_unit_interval(name: str, value: Any) -> None:
-    """``0 <= value < 1`` for Python numbers; arrays (e.g. injected hyperparams) pass."""
-    if _is_python_number(value) and not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+def _check_beta(name: str, value: Any) -> None:
+    check_number(name, value, low=0.0, high=1.0, high_open=True)
 
 
-def _check_nonnegative(name: str, value: Any) -> None:
-    if _is_python_number(value) and not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def _check_dtype(name: str, dtype: Any) -> None:
-    if dtype is None:
-        return
-    try:
-        dt = jnp.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"{name} must be None or a floating dtype, got {dtype!r}") from err
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"{name} must be None or a floating dtype, got {dtype!r}")
+def _check_orthogonalization(method: Any, steps: Any, coefficients: Any,
+                             compute_dtype: Any) -> None:
+    _check_method(method)
+    _check_steps(steps)
+    _check_coefficients(coefficients, steps)
+    check_dtype("compute_dtype", compute_dtype)
 
 
 # -- which axes form the matrix --------------------------------------------------------------------
@@ -333,12 +346,6 @@ def _leaf_specs(dimension_numbers: Any, updates: Params, n_leaves: int) -> list[
     return specs
 
 
-def _effective_compute_dtype(dtype: Any, compute_dtype: Any) -> jnp.dtype:
-    if compute_dtype is not None:
-        return jnp.dtype(compute_dtype)
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def resolve_method(method: str, shape: Sequence[int], dtype: Any = jnp.float32,
                    compute_dtype: Any = None) -> str:
     """The :func:`optlab.linalg.orthogonalize` method Muon runs for a ``shape[-2:]`` matrix.
@@ -367,7 +374,8 @@ def resolve_method(method: str, shape: Sequence[int], dtype: Any = jnp.float32,
     m, n = int(shape[-2]), int(shape[-1])
     k, big = min(m, n), max(m, n)
     wide = k >= AUTO_GRAM_MIN_SIDE and big / k > AUTO_GRAM_ASPECT_RATIO
-    full = _effective_compute_dtype(dtype, compute_dtype).itemsize >= 4
+    iteration_dtype = at_least_float32(dtype) if compute_dtype is None else compute_dtype
+    full = jnp.dtype(iteration_dtype).itemsize >= 4
     return "gram_newton_schulz" if wide and full else "polar_express"
 
 
@@ -398,20 +406,30 @@ def _orthogonalize_tree(
     dimension_numbers: Any,
     compute_dtype: Any,
     scale: str | ScaleFn | None,
+    out_dtypes: Sequence[Any] | None = None,
 ) -> Params:
-    """Orthogonalize (and shape-scale) every leaf; same-shape matrices share one batched call."""
+    """Orthogonalize (and shape-scale) every leaf; same-shape matrices share one batched call.
+
+    ``out_dtypes``: the dtype of each output leaf (default: the input leaf's). A leaf with a
+    zero-size axis has nothing to orthogonalize and gets a zero-size output.
+    """
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     if not leaves_with_path:
         return updates
+    if out_dtypes is None:
+        out_dtypes = [jnp.result_type(x) for _, x in leaves_with_path]
     specs = _leaf_specs(dimension_numbers, updates, len(leaves_with_path))
     plans = [_make_plan(path, tuple(jnp.shape(x)), spec)
              for (path, x), spec in zip(leaves_with_path, specs, strict=True)]
 
     # Group the leaves' matrices by (wide shape, dtype, method): one orthogonalize call each.
     groups: dict[tuple[Any, ...], list[int]] = {}
-    mats: list[jax.Array] = []
+    mats: list[jax.Array | None] = []
     for i, ((_, x), plan) in enumerate(zip(leaves_with_path, plans, strict=True)):
         x = jnp.asarray(x)
+        if x.size == 0:
+            mats.append(None)
+            continue
         mat = plan.to_matrix(x)
         if plan.fan_in > plan.fan_out:  # (X^T)'s polar factor is (X's)^T: group tall with wide
             mat = jnp.swapaxes(mat, -1, -2)
@@ -424,8 +442,8 @@ def _orthogonalize_tree(
     outs: list[jax.Array | None] = [None] * len(mats)
     previous_svd = None
     for (_, _, _, leaf_method), members in groups.items():
-        stacked = (mats[members[0]] if len(members) == 1
-                   else jnp.concatenate([mats[i] for i in members], axis=0))
+        group = [mats[i] for i in members]
+        stacked = group[0] if len(group) == 1 else jnp.concatenate(group, axis=0)
         if leaf_method == "svd":  # one LAPACK call after the other (linalg._ordering)
             stacked = after(stacked, previous_svd)
         ortho = orthogonalize(stacked, method=leaf_method, steps=steps,
@@ -433,40 +451,75 @@ def _orthogonalize_tree(
         if leaf_method == "svd":
             previous_svd = ortho
         offset = 0
-        for i in members:
-            n = mats[i].shape[0]
+        for i, mat in zip(members, group, strict=True):
+            n = mat.shape[0]
             outs[i] = ortho[offset:offset + n] if len(members) > 1 else ortho
             offset += n
 
     new_leaves = []
-    for (_, x), plan, y in zip(leaves_with_path, plans, outs, strict=True):
-        assert y is not None
+    for (_, x), plan, y, dtype in zip(leaves_with_path, plans, outs, out_dtypes, strict=True):
+        if y is None:  # zero-size leaf
+            new_leaves.append(jnp.zeros(jnp.shape(x), dtype))
+            continue
         if plan.fan_in > plan.fan_out:
             y = jnp.swapaxes(y, -1, -2)
         y = plan.from_matrix(y.reshape(plan.batch_shape + (plan.fan_in, plan.fan_out)))
         factor = _shape_scale(scale, plan.fan_in, plan.fan_out)
         if factor != 1.0:
             y = y * jnp.asarray(factor, y.dtype)
-        new_leaves.append(y.astype(jnp.asarray(x).dtype))
+        new_leaves.append(y.astype(dtype))
     return jax.tree.unflatten(treedef, new_leaves)
 
 
 # -- transforms ------------------------------------------------------------------------------------
+def _checked_init(init: Callable[[Params], Any], transform: str) -> Callable[[Params], Any]:
+    """``init`` that first rejects non-floating parameter leaves (common.check_leaf_dtypes)."""
+
+    def init_fn(params: Params) -> Any:
+        check_leaf_dtypes(params, transform)
+        return init(params)
+
+    return init_fn
+
+
+def _orthogonalize_muon_raw(method: str, steps: int | None, dimension_numbers: Any,
+                            compute_dtype: Any, coefficients: Any) -> optax.GradientTransformation:
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: optax.Updates, state: optax.EmptyState, params: Params = None):
+        del params
+        new = _orthogonalize_tree(updates, method=method, steps=steps, coefficients=coefficients,
+                                  dimension_numbers=dimension_numbers,
+                                  compute_dtype=compute_dtype, scale=None)
+        return new, state
+
+    return optax.GradientTransformation(
+        _checked_init(init_fn, "optlab.orthogonalize_muon"), update_fn)
+
+
 def orthogonalize_muon(
     method: str = "auto",
+    *,
     steps: int | None = None,
     dimension_numbers: Any = None,
     compute_dtype: Any = None,
-    *,
     coefficients: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Replaces every matrix-like leaf of the updates by its orthogonal polar factor ``U V^T``.
 
-    Stateless (``optax.EmptyState``). For each leaf the axes given by its dimension numbers are
-    flattened into a matrix ``X`` of shape ``(fan_in, fan_out)`` (batch axes stay batch axes),
-    ``X = U S V^T`` is replaced by (an approximation of) ``U V^T``, and the result is reshaped
-    back. See the module docstring for the default layouts (2-D matrices, Flax conv kernels,
-    ``nnx.MultiHeadAttention`` projections).
+    For each leaf the axes given by its dimension numbers are flattened into a matrix ``X`` of
+    shape ``(fan_in, fan_out)`` (batch axes stay batch axes), ``X = U S V^T`` is replaced by (an
+    approximation of) ``U V^T``, and the result is reshaped back. See the module docstring for
+    the default layouts (2-D matrices, Flax conv kernels, ``nnx.MultiHeadAttention``
+    projections).
+
+    Follows optlab's NaN/Inf policy: a non-finite input or output skips the step (zero output,
+    ``skipped_steps`` + 1 in its :class:`~optlab._src.common.SkipNonFiniteState`). Inside a
+    chain of your own, the transforms after it still run on that zero update (a momentum after
+    it decays); wrap the whole chain in ``optlab.skip_nonfinite`` to skip the entire
+    step instead.
 
     Args:
       method: ``"auto"`` (default, see :func:`resolve_method`), ``"newton_schulz"``,
@@ -486,8 +539,10 @@ def orthogonalize_muon(
         ``"polar_express"`` or a sequence of triples (see :func:`optlab.linalg.orthogonalize`).
 
     Returns:
-      An ``optax.GradientTransformation``. ``update`` raises ``ValueError`` naming the leaf when
-      a leaf has rank < 2.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      ``SkipNonFiniteState(inner=optax.EmptyState(), skipped_steps)``. ``init`` raises
+      ``ValueError`` naming a non-floating leaf; ``update`` raises ``ValueError`` naming the
+      leaf when a leaf has rank < 2.
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
@@ -497,23 +552,48 @@ def orthogonalize_muon(
       >>> bool(jnp.allclose(updates["w"], -0.1 * jnp.eye(2), atol=1e-6))
       True
     """
-    _check_method(method)
-    _check_steps(steps)
-    _check_coefficients(coefficients, steps)
-    _check_dtype("compute_dtype", compute_dtype)
+    _check_orthogonalization(method, steps, coefficients, compute_dtype)
+    return skip_nonfinite(_orthogonalize_muon_raw(method, steps, dimension_numbers,
+                                                  compute_dtype, coefficients))
 
-    def update_fn(updates: optax.Updates, state: optax.EmptyState, params: Params = None):
+
+def _scale_by_muon_raw(beta: Any, nesterov: bool, method: str, steps: int | None, scale: Any,
+                       mu_dtype: Any, compute_dtype: Any, dimension_numbers: Any,
+                       coefficients: Any) -> optax.GradientTransformation:
+    """:func:`scale_by_muon` without the NaN/Inf guard (for :func:`muon`, which guards once)."""
+
+    def init_fn(params: Params) -> ScaleByMuonState:
+        mu = optax.tree.zeros_like(params, dtype=mu_dtype)
+        return ScaleByMuonState(count=jnp.zeros([], jnp.int32), mu=mu)
+
+    def update_fn(updates: optax.Updates, state: ScaleByMuonState, params: Params = None):
         del params
-        new = _orthogonalize_tree(updates, method=method, steps=steps, coefficients=coefficients,
-                                  dimension_numbers=dimension_numbers,
-                                  compute_dtype=compute_dtype, scale=None)
-        return new, state
+        momentum = optax.trace(decay=beta, nesterov=nesterov, accumulator_dtype=mu_dtype)
+        direction, trace_state = momentum.update(updates, optax.TraceState(trace=state.mu))
+        # The direction keeps the momentum's precision (e.g. a float32 mu_dtype with bfloat16
+        # gradients) until the iteration; only the output comes back in the gradient's dtype.
+        out_dtypes = [jnp.result_type(g) for g in jax.tree.leaves(updates)]
+        new = _orthogonalize_tree(direction, method=method, steps=steps,
+                                  coefficients=coefficients, dimension_numbers=dimension_numbers,
+                                  compute_dtype=compute_dtype, scale=scale, out_dtypes=out_dtypes)
+        count = optax.safe_increment(state.count)
+        return new, ScaleByMuonState(count=count, mu=trace_state.trace)
 
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+    return optax.GradientTransformation(_checked_init(init_fn, "optlab.scale_by_muon"), update_fn)
+
+
+def _check_scale_by_muon(beta: Any, nesterov: Any, method: Any, steps: Any, scale: Any,
+                         mu_dtype: Any, compute_dtype: Any, coefficients: Any) -> None:
+    _check_beta("beta", beta)
+    check_bool("nesterov", nesterov)
+    _check_orthogonalization(method, steps, coefficients, compute_dtype)
+    _check_scale(scale)
+    check_dtype("mu_dtype", mu_dtype)
 
 
 def scale_by_muon(
     beta: float | jax.Array = 0.95,
+    *,
     nesterov: bool = True,
     method: str = "auto",
     steps: int | None = None,
@@ -521,9 +601,8 @@ def scale_by_muon(
     mu_dtype: Any = None,
     compute_dtype: Any = None,
     dimension_numbers: Any = None,
-    *,
     coefficients: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Muon's direction: momentum, then orthogonalization, then a shape scale.
 
     With ``G`` the incoming update (the gradient) of a leaf:
@@ -540,6 +619,11 @@ def scale_by_muon(
     must be a matrix or kernel (rank >= 2); use :func:`muon` or ``optax.partition`` to send the
     other leaves elsewhere.
 
+    Follows optlab's NaN/Inf policy: a step whose gradient, new momentum or output is not
+    finite is skipped (zero output, momentum and count unchanged, ``skipped_steps`` + 1). The
+    transforms after it in a chain of your own still see that zero update; wrap the whole chain
+    in ``optlab.skip_nonfinite`` (as :func:`muon` does) to freeze them too.
+
     Args:
       beta: momentum decay in ``[0, 1)``; may be a jax scalar (``optax.inject_hyperparams``).
       nesterov: use the Nesterov form ``G + beta M`` (default) instead of ``M``.
@@ -549,10 +633,12 @@ def scale_by_muon(
         (``0.2 sqrt(max(fan_in, fan_out))``, update RMS 0.2 like AdamW's, to share AdamW's
         learning rate), ``None`` (no scale), or a callable ``(fan_in, fan_out) -> float``.
         For conv kernels ``fan_in = prod(spatial) * in`` and ``fan_out = out``.
-      mu_dtype: dtype of the momentum (``None``: the parameters' dtype).
+      mu_dtype: dtype of the momentum (``None``: the parameters' dtype). The output has the
+        gradient's dtype.
 
     Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByMuonState`.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      ``SkipNonFiniteState(inner=ScaleByMuonState(count, mu), skipped_steps)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optlab
@@ -565,32 +651,10 @@ def scale_by_muon(
       >>> updates, state = tx.update(jax.grad(loss)(params), tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    if not isinstance(nesterov, bool):
-        raise ValueError(f"nesterov must be a bool, got {nesterov!r}")
-    _check_unit_interval("beta", beta)
-    _check_method(method)
-    _check_steps(steps)
-    _check_coefficients(coefficients, steps)
-    _check_scale(scale)
-    _check_dtype("mu_dtype", mu_dtype)
-    _check_dtype("compute_dtype", compute_dtype)
-
-    def init_fn(params: Params) -> ScaleByMuonState:
-        mu = optax.tree.zeros_like(params, dtype=mu_dtype)
-        return ScaleByMuonState(count=jnp.zeros([], jnp.int32), mu=mu)
-
-    def update_fn(updates: optax.Updates, state: ScaleByMuonState, params: Params = None):
-        del params
-        momentum = optax.trace(decay=beta, nesterov=nesterov, accumulator_dtype=mu_dtype)
-        direction, trace_state = momentum.update(updates, optax.TraceState(trace=state.mu))
-        direction = jax.tree.map(lambda d, g: d.astype(jnp.asarray(g).dtype), direction, updates)
-        new = _orthogonalize_tree(direction, method=method, steps=steps,
-                                  coefficients=coefficients, dimension_numbers=dimension_numbers,
-                                  compute_dtype=compute_dtype, scale=scale)
-        count = optax.safe_increment(state.count)
-        return new, ScaleByMuonState(count=count, mu=trace_state.trace)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    _check_scale_by_muon(beta, nesterov, method, steps, scale, mu_dtype, compute_dtype,
+                         coefficients)
+    return skip_nonfinite(_scale_by_muon_raw(beta, nesterov, method, steps, scale, mu_dtype,
+                                             compute_dtype, dimension_numbers, coefficients))
 
 
 # -- labels ----------------------------------------------------------------------------------------
@@ -642,6 +706,7 @@ def muon_labels(params: Params, *, exclude: Iterable[str] = MUON_EXCLUDED_NAMES)
 # -- the full optimizer ----------------------------------------------------------------------------
 def muon(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     beta: float | jax.Array = 0.95,
     nesterov: bool = True,
     weight_decay: float | jax.Array = 0.0,
@@ -656,38 +721,44 @@ def muon(
     labels: Any = None,
     mu_dtype: Any = None,
     compute_dtype: Any = None,
-    skip_nonfinite: bool = True,
     dimension_numbers: Any = None,
-) -> optax.GradientTransformation:
+    coefficients: Any = None,
+) -> optax.GradientTransformationExtraArgs:
     r"""Muon for hidden weight matrices and conv kernels, AdamW for everything else.
 
-    Built from optax pieces::
+    Built from optax pieces under optlab's NaN/Inf policy::
 
-        optax.apply_if_finite(                               # skip_nonfinite=True
+        skip_nonfinite(                                      # optlab._src.common
             optax.partition({
                 "muon": optax.chain(scale_by_muon(beta, nesterov, method, steps, scale, ...),
                                     optax.add_decayed_weights(weight_decay),
                                     optax.scale_by_learning_rate(learning_rate)),
                 "adam": optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                                     weight_decay=adam_weight_decay),
-            }, labels),
-            max_consecutive_errors=2**30)
+            }, labels))
 
-    so a Muon leaf moves by ``W <- W - lr (s U V^T + weight_decay W)`` (decoupled weight decay,
-    ``W (1 - lr wd)``), see :func:`scale_by_muon`.
+    (with one guard around everything, not one per part), so a Muon leaf moves by
+    ``W <- W - lr (s U V^T + weight_decay W)`` (decoupled weight decay, ``W (1 - lr wd)``), see
+    :func:`scale_by_muon`.
+
+    A step whose gradient holds a NaN or an Inf, or whose new state or update would not be
+    finite (e.g. a finite gradient of ~1e20 whose square overflows AdamW's second moment), is
+    skipped: the update is exactly zero, the whole inner state is left as it was (the bad
+    gradient never enters a momentum), and ``state.skipped_steps`` counts it.
 
     Args:
-      learning_rate: Muon's learning rate, a float or an optax schedule (typical: 0.02 with
-        ``scale="spectral"``; about AdamW's with ``scale="rms"``).
+      learning_rate: Muon's learning rate, a float ``>= 0`` or an optax schedule (typical: 0.02
+        with ``scale="spectral"``; about AdamW's with ``scale="rms"``).
       beta: momentum in ``[0, 1)``.
       nesterov: Nesterov momentum for Muon (AdamW's moments are plain).
       weight_decay: decoupled weight decay of the Muon leaves (default 0, as the reference).
-      method, steps, scale, mu_dtype, compute_dtype, dimension_numbers: see
+      method, steps, scale, mu_dtype, compute_dtype, dimension_numbers, coefficients: see
         :func:`scale_by_muon` and :func:`orthogonalize_muon`.
       adam_learning_rate: AdamW's learning rate (float or schedule). ``None`` (default): the
         same as ``learning_rate``, which is what the ``"rms"`` scale is designed for; with the
         ``"spectral"`` scale pass AdamW's own (e.g. 3e-4 to 3e-3).
-      adam_b1, adam_b2, adam_eps: AdamW's moments; ``b2 = 0.95`` as in Liu et al. (2025).
+      adam_b1, adam_b2, adam_eps: AdamW's moments (``b1, b2`` in ``[0, 1)``, ``eps >= 0``);
+        ``b2 = 0.95`` as in Liu et al. (2025).
       adam_weight_decay: AdamW's decoupled weight decay (default 0: embeddings, heads, biases
         and norm scales are not decayed).
       labels: which leaves Muon takes: a pytree of ``"muon"`` / ``"adam"`` (a prefix of the
@@ -696,9 +767,11 @@ def muon(
         embeddings, heads and biases to AdamW; ``functools.partial(muon_labels, exclude=())``
         keeps only the rank rule). A ``"muon"`` leaf of rank < 2 raises ``ValueError`` naming
         it.
-      skip_nonfinite: wrap everything in ``optax.apply_if_finite`` so that a step whose gradient
-        holds a NaN or Inf is skipped (zero update, state untouched: the bad gradient never
-        enters a momentum). Skipped steps are counted in the state's ``total_notfinite``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`~optlab._src.common.SkipNonFiniteState` (``inner``: the partition's state).
+      ``init`` raises ``ValueError`` naming a parameter leaf that is not real floating.
 
     Works under ``jax.jit`` and with ``optax.inject_hyperparams(optlab.muon)(learning_rate=...,
     beta=..., weight_decay=...)``. There, integer ``steps`` and any callable ``labels``,
@@ -719,14 +792,19 @@ def muon(
       >>> for _ in range(3):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
       ...     params = optax.apply_updates(params, updates)
+      >>> int(state.skipped_steps)
+      0
     """
-    if not isinstance(skip_nonfinite, bool):
-        raise ValueError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
-    _check_unit_interval("adam_b1", adam_b1)
-    _check_unit_interval("adam_b2", adam_b2)
-    _check_nonnegative("weight_decay", weight_decay)
-    _check_nonnegative("adam_weight_decay", adam_weight_decay)
-    _check_nonnegative("adam_eps", adam_eps)
+    check_learning_rate(learning_rate)
+    if adam_learning_rate is not None:
+        check_learning_rate(adam_learning_rate, "adam_learning_rate")
+    check_number("weight_decay", weight_decay, low=0.0)
+    _check_beta("adam_b1", adam_b1)
+    _check_beta("adam_b2", adam_b2)
+    check_number("adam_eps", adam_eps, low=0.0)
+    check_number("adam_weight_decay", adam_weight_decay, low=0.0)
+    _check_scale_by_muon(beta, nesterov, method, steps, scale, mu_dtype, compute_dtype,
+                         coefficients)
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
     param_labels = muon_labels if labels is None else labels
@@ -734,9 +812,8 @@ def muon(
     tx = optax.partition(
         {
             "muon": optax.chain(
-                scale_by_muon(beta=beta, nesterov=nesterov, method=method, steps=steps,
-                              scale=scale, mu_dtype=mu_dtype, compute_dtype=compute_dtype,
-                              dimension_numbers=dimension_numbers),
+                _scale_by_muon_raw(beta, nesterov, method, steps, scale, mu_dtype,
+                                   compute_dtype, dimension_numbers, coefficients),
                 optax.add_decayed_weights(weight_decay),
                 optax.scale_by_learning_rate(learning_rate),
             ),
@@ -745,11 +822,12 @@ def muon(
         },
         param_labels,
     )
-    if skip_nonfinite:
-        tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE)
-    return tx
+    def update_fn(updates: optax.Updates, state: optax.OptState, params: Params = None):
+        # AdamW with a wider mu_dtype (float32 moments of bfloat16 parameters) computes its
+        # update in that dtype; the alias hands back updates in the gradient's dtype.
+        new_updates, new_state = tx.update(updates, state, params)
+        new_updates = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new_updates, updates)
+        return new_updates, new_state
 
-
-#: ``max_consecutive_errors`` of the ``apply_if_finite`` wrapper in :func:`muon`: so large that
-#: non-finite steps are always skipped, never let through.
-MAX_CONSECUTIVE_NONFINITE = 2**30
+    return skip_nonfinite(
+        optax.GradientTransformation(_checked_init(tx.init, "optlab.muon"), update_fn))

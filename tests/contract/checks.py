@@ -5,26 +5,30 @@ a directory or the sharded runner's results) and raises ``AssertionError`` with 
 names the subject and what went wrong. ``test_contract.py`` parametrizes them over ``SUBJECTS``
 and also runs them on deliberately broken transforms to show that they can fail.
 
-Unless stated otherwise the checks run on ``problems.MIXED`` (a dict with a (16, 8) matrix and
-a (8,) bias) with ``subject.make(**subject.hyperparams)``.
+Unless stated otherwise the checks run on the subject's structural problem
+(``subject.structural_problem``: ``problems.MIXED``, a dict with a (16, 8) matrix and a (8,)
+bias, or for transforms that accept matrices only ``problems.MATRIX_REGRESSION``) with the
+public factory itself, ``subject.make()``. For a subject that returns a descent direction
+(``subject.descent_lr`` set) the step is ``params - descent_lr * update``.
 
-NaN / Inf gradient policy (``check_nan_gradient``)
---------------------------------------------------
-A step whose gradient contains a NaN or an Inf is *skipped*: its update is exactly zero, the
-parameters and every floating-point leaf of the optimizer state stay finite, and the following
-finite steps give the same parameters (to float32 round-off) as a run in which the bad step never
-happened. Nothing non-finite may stay behind in the state. A transform that does this itself is
-registered with ``nan_safe=True``; for every other transform the policy is obtained with the
-documented optax recipe
+NaN / Inf gradient policy (``check_nan_gradient``): one rule for every optlab subject
+-------------------------------------------------------------------------------------------
+A step whose gradient contains a NaN or an Inf is *skipped* by the transform itself: its update
+is exactly zero, the inner state of the outermost ``SkipNonFiniteState`` in the state tree (found
+by type, so also under ``optax.inject_hyperparams``) is unchanged bit for bit, its
+``skipped_steps`` grows by one (and does not grow on a good step), the parameters and every
+floating-point state leaf stay finite, and the following finite steps give the same parameters
+as a run in which the bad step never happened. Reference subjects (optax's own transforms) are
+exempt; they are checked under ``skip_nonfinite(tx)``, the recipe for a user's own chain.
 
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_ERRORS)
-
-and the check verifies the transform composes with it (its update must be traceable in a
-``lax.cond`` and leave the state untouched when skipped).
+Extreme but finite gradients (``check_extreme_gradient``): a spike of 1e20 or 1e30 in one entry
+and a whole gradient scaled by 1e-30 leave the parameters, the state and the update finite (a
+skipped step must follow the policy above), and the next normal gradient moves every parameter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,19 +44,25 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from .problems import MIXED, Problem
+from optlab._src.common import SkipNonFiniteState, skip_nonfinite
+
+from .problems import Problem
 from .subjects import Subject
 
 Params = dict[str, jax.Array]
 StepFn = Callable[..., tuple[Params, optax.OptState, jax.Array]]
+FullStepFn = Callable[..., tuple[Params, optax.OptState, jax.Array, Params]]
 
-#: ``max_consecutive_errors`` for ``optax.apply_if_finite`` around subjects that are not nan_safe.
-MAX_CONSECUTIVE_ERRORS = 10
 #: Devices in the sharded run (a forced host-platform device count in the subprocess).
 N_SHARDED_DEVICES = 8
 #: Absolute floor of every "same computation" comparison (jit vs eager, sharded vs not).
 #: (``rtol`` is per subject, ``Subject.rtol``; the absolute floor is shared.)
 SHARDED_ATOL = 1e-6
+#: (kind, value) of the extreme-gradient check: "spike" adds the value to one gradient entry,
+#: "scale" multiplies the whole gradient by it.
+EXTREME_GRADIENTS: tuple[tuple[str, float], ...] = (
+    ("spike", 1e20), ("spike", 1e30), ("scale", 1e-30),
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARDED_RUNNER = Path(__file__).resolve().with_name("sharded_runner.py")
@@ -86,34 +96,62 @@ def leaf_mismatches(reference: Any, got: Any, rtol: float, atol: float = SHARDED
             out.append(f"{name}: {got_np} vs {ref_np}")
     return out
 
+
 def extra_update_args(subject: Subject, problem: Problem) -> dict[str, Any]:
     """The extra keyword arguments every ``update()`` call of this subject receives."""
     return {"grad_fn": jax.grad(problem.loss)} if subject.needs_grad_fn else {}
 
 
 def plain_tx(subject: Subject, problem_name: str | None = None) -> optax.GradientTransformation:
-    hp = subject.hyperparams if problem_name is None else subject.hyperparams_for(problem_name)
-    return subject.make(**hp)
+    """The public factory called with the subject's options (a problem's overrides applied)."""
+    if problem_name is None:
+        return subject.make()
+    return subject.factory(**subject.hyperparams_for(problem_name))
+
+
+def _apply(subject: Subject, params: Params, updates: Params) -> Params:
+    if subject.descent_lr is None:
+        return optax.apply_updates(params, updates)
+    lr = subject.descent_lr
+    return optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+
+
+def make_full_step(
+    tx: optax.GradientTransformation, subject: Subject, problem: Problem | None = None
+) -> FullStepFn:
+    """``step(params, state, poison, scale) -> (new_params, new_state, loss, updates)``.
+
+    The gradient is ``scale * grad`` with ``poison`` added to one element (the first element of
+    the largest leaf): ``(0.0, 1.0)`` leaves it untouched, a NaN / Inf / 1e20 poison corrupts or
+    spikes one entry, a tiny ``scale`` shrinks all of it. One traced function thus serves clean
+    and corrupted steps.
+    """
+    problem = subject.structural_problem if problem is None else problem
+    extra = extra_update_args(subject, problem)
+
+    def step(
+        params: Params, state: optax.OptState, poison: jax.Array, scale: jax.Array
+    ) -> tuple[Params, optax.OptState, jax.Array, Params]:
+        loss, grads = jax.value_and_grad(problem.loss)(params)
+        grads = _poison(jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), poison)
+        updates, state = tx.update(grads, state, params, **extra)
+        return _apply(subject, params, updates), state, loss, updates
+
+    return step
 
 
 def make_step(
-    tx: optax.GradientTransformation, subject: Subject, problem: Problem = MIXED
+    tx: optax.GradientTransformation, subject: Subject, problem: Problem | None = None
 ) -> StepFn:
-    """``step(params, state, poison) -> (new_params, new_state, loss_at_params)``.
-
-    ``poison`` is a float32 scalar added to one gradient element (the first element of the
-    largest leaf): 0.0 leaves the gradient untouched, NaN / Inf corrupt it. One traced function
-    thus serves clean and corrupted steps.
-    """
-    extra = extra_update_args(subject, problem)
+    """``step(params, state, poison) -> (new_params, new_state, loss_at_params)`` (see
+    :func:`make_full_step`; the gradient is not rescaled)."""
+    full = make_full_step(tx, subject, problem)
 
     def step(
         params: Params, state: optax.OptState, poison: jax.Array
     ) -> tuple[Params, optax.OptState, jax.Array]:
-        loss, grads = jax.value_and_grad(problem.loss)(params)
-        grads = _poison(grads, poison)
-        updates, state = tx.update(grads, state, params, **extra)
-        return optax.apply_updates(params, updates), state, loss
+        new_params, new_state, loss, _ = full(params, state, poison, ONE)
+        return new_params, new_state, loss
 
     return step
 
@@ -128,6 +166,8 @@ def _poison(grads: Params, poison: jax.Array) -> Params:
 
 #: The ``poison`` argument of a clean step (the gradient is left untouched).
 CLEAN = np.float32(0.0)
+#: The ``scale`` argument of a step whose gradient is not rescaled.
+ONE = np.float32(1.0)
 
 
 def _counting_jit(fn: Callable[..., Any]) -> tuple[Callable[..., Any], list[int]]:
@@ -181,11 +221,18 @@ def _reraise(prefix: str, err: AssertionError) -> AssertionError:
     return AssertionError(f"{prefix}\n{err}")
 
 
+def _changed_leaves(before: Params, after: Params) -> list[bool]:
+    return [
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+    ]
+
+
 # -- 1. jit without recompilation ----------------------------------------------------------------
 def check_jit_no_recompile(subject: Subject) -> None:
     """A jitted step traces once for two calls, and matches the un-jitted step."""
     tx = plain_tx(subject)
-    params = MIXED.init_params()
+    params = subject.structural_problem.init_params()
     state = tx.init(params)
     step = make_step(tx, subject)
     jitted, traces = _counting_jit(step)
@@ -216,22 +263,23 @@ def check_jit_no_recompile(subject: Subject) -> None:
 
 # -- 2. unexpected extra keyword arguments ------------------------------------------------------
 def check_extra_args(subject: Subject) -> None:
-    """``with_extra_args_support(tx).update(..., some_unused_arg=1.0)`` works, changes nothing."""
-    tx = optax.with_extra_args_support(plain_tx(subject))
-    params = MIXED.init_params()
+    """``tx.update(..., unknown_extra=1)`` on the transform itself works and changes nothing."""
+    tx = plain_tx(subject)
+    problem = subject.structural_problem
+    params = problem.init_params()
     state = tx.init(params)
-    grads = jax.grad(MIXED.loss)(params)
-    extra = extra_update_args(subject, MIXED)
+    grads = jax.grad(problem.loss)(params)
+    extra = extra_update_args(subject, problem)
 
     ref_updates, ref_state = tx.update(grads, state, params, **extra)
     try:
         updates, new_state = tx.update(
-            grads, state, params, **extra, some_unused_arg=1.0, another_unused_arg=jnp.ones(3)
+            grads, state, params, **extra, unknown_extra=1, another_unused_arg=jnp.ones(3)
         )
     except TypeError as err:
         raise AssertionError(
-            f"{subject.name}: update() rejected unused extra keyword arguments ({err}); a "
-            "GradientTransformationExtraArgs must accept and ignore **extra_args"
+            f"{subject.name}: update() rejected unknown extra keyword arguments ({err}); every "
+            "update must accept and ignore **extra_args (optax.GradientTransformationExtraArgs)"
         ) from None
     try:
         chex.assert_trees_all_equal((updates, new_state), (ref_updates, ref_state))
@@ -242,21 +290,29 @@ def check_extra_args(subject: Subject) -> None:
 
 
 # -- 3. inject_hyperparams -----------------------------------------------------------------------
-def injected_hyperparam_name(subject: Subject) -> str:
-    """The hyperparameter the inject check changes: learning_rate, else the first non-zero one."""
+def injected_hyperparam_name(subject: Subject) -> str | None:
+    """The hyperparameter the inject check changes: learning_rate, else the first non-zero one
+    (None for a factory without numeric hyperparameters)."""
     if "learning_rate" in subject.hyperparams:
         return "learning_rate"
     nonzero = [k for k, v in subject.hyperparams.items() if v != 0]
-    return (nonzero or list(subject.hyperparams))[0]
+    return (nonzero or list(subject.hyperparams) or [None])[0]
 
 
 def check_inject_hyperparams(subject: Subject) -> None:
-    """``inject_hyperparams(make)`` works under jit; editing ``state.hyperparams`` takes effect
-    without a retrace, and the injected transform computes what the plain one computes."""
-    assert subject.hyperparams, f"{subject.name}: no numeric hyperparameters to inject"
-    tx = optax.inject_hyperparams(subject.make)(**subject.hyperparams)
-    params = MIXED.init_params()
-    state = tx.init(params)
+    """``optax.inject_hyperparams(factory)`` (every option not given at its default) works under
+    jit and computes what the plain factory computes; editing ``state.hyperparams`` takes effect
+    without a retrace."""
+    try:
+        tx = subject.inject()
+        problem = subject.structural_problem
+        params = problem.init_params()
+        state = tx.init(params)
+    except Exception as err:  # report any failure as a contract violation
+        raise AssertionError(
+            f"{subject.name}: optax.inject_hyperparams({subject.factory.__name__}) failed with "
+            f"its defaults ({type(err).__name__}: {err})"
+        ) from err
     assert isinstance(state.hyperparams, dict), f"{subject.name}: no state.hyperparams dict"
     missing = set(subject.hyperparams) - set(state.hyperparams)
     assert not missing, f"{subject.name}: hyperparameters {missing} were not injected"
@@ -266,14 +322,20 @@ def check_inject_hyperparams(subject: Subject) -> None:
     p1, s1, _ = jitted(params, state, CLEAN)
     plain_step = jax.jit(make_step(plain_tx(subject), subject))
     q1, _, _ = plain_step(params, plain_tx(subject).init(params), CLEAN)
-    try:
-        chex.assert_trees_all_close(p1, q1, rtol=1e-5, atol=1e-7)
-    except AssertionError as err:
-        raise _reraise(
-            f"{subject.name}: inject_hyperparams(make) and make disagree on the first step", err
-        ) from None
+    # Traced hyperparameters and folded Python constants round differently: compare like the
+    # other "same computation" checks (the subject's rtol, relative to each leaf's max).
+    mismatches = leaf_mismatches(q1, p1, subject.rtol)
+    assert not mismatches, (
+        f"{subject.name}: inject_hyperparams(factory) and factory disagree on the first step "
+        f"(max|diff| <= {SHARDED_ATOL} + {subject.rtol} * max|leaf|):\n  " + "\n  ".join(mismatches)
+    )
 
     name = injected_hyperparam_name(subject)
+    p_same, s_same, _ = jitted(p1, s1, CLEAN)
+    if name is None:  # nothing numeric to edit: the defaults-only run above is the check
+        jax.block_until_ready(p_same)
+        assert traces[0] == 1, f"{subject.name}: the injected step was traced {traces[0]} times"
+        return
     old = s1.hyperparams[name]
     if jnp.issubdtype(old.dtype, jnp.integer):
         new = old + 1
@@ -281,7 +343,6 @@ def check_inject_hyperparams(subject: Subject) -> None:
         new = old * 0.5 if np.asarray(old) != 0 else old + 0.1
     s1_changed = s1._replace(hyperparams={**s1.hyperparams, name: new})
 
-    p_same, s_same, _ = jitted(p1, s1, CLEAN)
     p_changed, s_changed, _ = jitted(p1, s1_changed, CLEAN)
     jax.block_until_ready((p_same, p_changed))
     assert traces[0] == 1, (
@@ -290,11 +351,7 @@ def check_inject_hyperparams(subject: Subject) -> None:
         f"{_state_drift(s1, s_same)}"
     )
     assert jax.tree.structure(s_same) == jax.tree.structure(s_changed)
-    changed = [
-        not np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(p_same), jax.tree.leaves(p_changed), strict=True)
-    ]
-    assert any(changed), (
+    assert any(_changed_leaves(p_same, p_changed)), (
         f"{subject.name}: changing state.hyperparams[{name!r}] from {old} to {new} did not "
         "change the update; the transform ignores the injected value"
     )
@@ -322,7 +379,7 @@ def check_tree_map_params(subject: Subject) -> None:
     """``optax.tree.map_params`` runs on the state, keeps its structure, and only maps
     parameter-shaped subtrees."""
     tx = plain_tx(subject)
-    params = MIXED.init_params()
+    params = subject.structural_problem.init_params()
     state = tx.init(params)
     # Advance one step so the state holds non-trivial values.
     _, state, _ = jax.jit(make_step(tx, subject))(params, state, CLEAN)
@@ -375,7 +432,7 @@ def check_checkpoint_roundtrip(
 ) -> None:
     """Save (params, state) with orbax after k steps, restore, continue n steps: identical."""
     tx = plain_tx(subject)
-    params = MIXED.init_params()
+    params = subject.structural_problem.init_params()
     state = tx.init(params)
     step = jax.jit(make_step(tx, subject))
     for _ in range(k_steps):
@@ -465,40 +522,93 @@ def check_sharded(subject: Subject, results: Mapping[str, Any]) -> None:
     assert entry["compared_leaves"] > 0, f"{subject.name}: nothing was compared"
 
 
-# -- 7. NaN / Inf gradients ----------------------------------------------------------------------
-def nan_policy_tx(subject: Subject) -> optax.GradientTransformation:
-    """The transform as the NaN policy prescribes: itself if nan_safe, else apply_if_finite."""
-    tx = plain_tx(subject)
-    if subject.nan_safe:
-        return tx
-    return optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_ERRORS)
+# -- 7. NaN / Inf gradients: one policy ---------------------------------------------------------
+def find_guard(state: Any) -> SkipNonFiniteState | None:
+    """The outermost ``SkipNonFiniteState`` in a state tree (pre-order), or None."""
+    for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, SkipNonFiniteState)):
+        if isinstance(node, SkipNonFiniteState):
+            return node
+    return None
+
+
+def nan_policy_tx(subject: Subject, injected: bool = False) -> optax.GradientTransformation:
+    """The transform the NaN checks run: the public factory itself for optlab subjects (under
+    ``optax.inject_hyperparams`` if ``injected``); for a reference subject (exempt from optlab's
+    policy) the user recipe ``skip_nonfinite(tx)``."""
+    tx = subject.inject() if injected else plain_tx(subject)
+    return skip_nonfinite(tx) if subject.reference else tx
+
+
+def _how(subject: Subject) -> str:
+    return "skip_nonfinite(reference)" if subject.reference else "the public factory"
+
+
+def _guard_of(subject: Subject, state: Any) -> SkipNonFiniteState:
+    guard = find_guard(state)
+    assert guard is not None, (
+        f"{subject.name}: its state has no SkipNonFiniteState: it does not follow optlab's "
+        "NaN/Inf policy (optlab._src.common.skip_nonfinite)"
+    )
+    return guard
+
+
+def _check_skipped(subject: Subject, what: str, params: Params, new_params: Params,
+                   updates: Params, before: Any, after: Any) -> None:
+    """The step from (params, before) to (new_params, after) was skipped per the policy."""
+    g0, g1 = _guard_of(subject, before), _guard_of(subject, after)
+    nonzero = [
+        jax.tree_util.keystr(path)
+        for path, u in jax.tree_util.tree_leaves_with_path(updates)
+        if np.any(np.asarray(u) != 0)
+    ]
+    assert not nonzero, (
+        f"{subject.name} via {_how(subject)}: the step with {what} was not skipped: its update "
+        f"is not exactly zero at {nonzero}"
+    )
+    assert not any(_changed_leaves(params, new_params)), (
+        f"{subject.name} via {_how(subject)}: the step with {what} changed the parameters"
+    )
+    try:
+        chex.assert_trees_all_equal(g1.inner, g0.inner)
+    except AssertionError as err:
+        raise _reraise(
+            f"{subject.name} via {_how(subject)}: the step with {what} changed the inner state",
+            err,
+        ) from None
+    assert int(g1.skipped_steps) == int(g0.skipped_steps) + 1, (
+        f"{subject.name} via {_how(subject)}: skipped_steps went {int(g0.skipped_steps)} -> "
+        f"{int(g1.skipped_steps)} on the step with {what} (expected + 1)"
+    )
 
 
 def check_nan_gradient(
     subject: Subject,
     n_steps: int = 10,
     bad_steps: Mapping[int, float] | None = None,
+    injected: bool = False,
 ) -> None:
-    """A NaN (step 3) and an Inf (step 6) gradient are skipped without leaving traces."""
+    """A NaN (step 3) and an Inf (step 6) gradient are skipped without leaving traces (also
+    with the factory under ``optax.inject_hyperparams`` when ``injected``)."""
     bad = dict(bad_steps) if bad_steps is not None else {3: float("nan"), 6: float("inf")}
-    tx = nan_policy_tx(subject)
-    how = "the transform itself (nan_safe)" if subject.nan_safe else "optax.apply_if_finite"
-    step = jax.jit(make_step(tx, subject))
-    params0 = MIXED.init_params()
+    tx = nan_policy_tx(subject, injected)
+    how = _how(subject) + (" under inject_hyperparams" if injected else "")
+    problem = subject.structural_problem
+    step = jax.jit(make_full_step(tx, subject))
+    params0 = problem.init_params()
 
     # Reference: the same transform with the bad steps simply left out.
     ref_params, ref_state = params0, tx.init(params0)
     for i in range(n_steps):
         if i not in bad:
-            ref_params, ref_state, _ = step(ref_params, ref_state, CLEAN)
+            ref_params, ref_state, _, _ = step(ref_params, ref_state, CLEAN, ONE)
 
     params, state = params0, tx.init(params0)
     losses = []
     for i in range(n_steps):
         poison = np.float32(bad.get(i, 0.0))
-        new_params, state, loss = step(params, state, poison)
+        new_params, new_state, loss, updates = step(params, state, poison, ONE)
         losses.append(float(loss))
-        bad_state = _float_leaves_finite(state)
+        bad_state = _float_leaves_finite(new_state)
         assert not bad_state, (
             f"{subject.name} via {how}: after step {i} (gradient poison {poison}) the state has "
             f"non-finite float leaves {bad_state}; a bad gradient must not get stuck in the state"
@@ -507,17 +617,18 @@ def check_nan_gradient(
             f"{subject.name} via {how}: non-finite params after step {i} (poison {poison})"
         )
         if i in bad:
-            try:
-                chex.assert_trees_all_equal(new_params, params)
-            except AssertionError as err:
-                raise _reraise(
-                    f"{subject.name} via {how}: the step with a {poison} gradient was not "
-                    "skipped (its update must be exactly zero)",
-                    err,
-                ) from None
-        params = new_params
+            _check_skipped(subject, f"a {poison} gradient", params, new_params, updates,
+                           state, new_state)
+        else:
+            skipped = (int(_guard_of(subject, state).skipped_steps),
+                       int(_guard_of(subject, new_state).skipped_steps))
+            assert skipped[0] == skipped[1], (
+                f"{subject.name} via {how}: the clean step {i} was counted as skipped "
+                f"({skipped[0]} -> {skipped[1]})"
+            )
+        params, state = new_params, new_state
 
-    final_loss = float(MIXED.loss(params))
+    final_loss = float(problem.loss(params))
     first_bad = min(bad)
     assert final_loss < losses[first_bad], (
         f"{subject.name} via {how}: training did not continue after the bad steps "
@@ -533,9 +644,53 @@ def check_nan_gradient(
         ) from None
 
 
+def check_extreme_gradient(subject: Subject, kind: str, value: float) -> None:
+    """A finite but extreme gradient (a ``value`` spike in one entry, or the whole gradient
+    scaled by ``value``) leaves params, state and update finite, a skipped step follows the
+    policy, and the next normal gradient moves every parameter leaf."""
+    assert kind in ("spike", "scale"), kind
+    what = f"a gradient {'spike' if kind == 'spike' else 'scaled by'} {value:g}"
+    how = _how(subject)
+    tx = nan_policy_tx(subject)
+    step = jax.jit(make_full_step(tx, subject))
+    params = subject.structural_problem.init_params()
+    state = tx.init(params)
+    for _ in range(2):  # a momentum / statistic that is not all zeros
+        params, state, _, _ = step(params, state, CLEAN, ONE)
+
+    poison, scale = (np.float32(value), ONE) if kind == "spike" else (CLEAN, np.float32(value))
+    new_params, new_state, _, updates = step(params, state, poison, scale)
+    for label, tree in (("state", new_state), ("update", updates), ("params", new_params)):
+        bad = _float_leaves_finite(tree)
+        assert not bad, (
+            f"{subject.name} via {how}: after {what}, non-finite {label} leaves {bad}; a finite "
+            "gradient must either be handled or skipped per the NaN/Inf policy"
+        )
+    g0, g1 = _guard_of(subject, state), _guard_of(subject, new_state)
+    if int(g1.skipped_steps) != int(g0.skipped_steps):
+        _check_skipped(subject, what, params, new_params, updates, state, new_state)
+
+    after_params, after_state, _, _ = step(new_params, new_state, CLEAN, ONE)
+    assert not _float_leaves_finite(after_params) and not _float_leaves_finite(after_state), (
+        f"{subject.name} via {how}: a normal step after {what} produced non-finite values"
+    )
+    frozen = [
+        jax.tree_util.keystr(path)
+        for (path, _), changed in zip(jax.tree_util.tree_leaves_with_path(new_params),
+                                      _changed_leaves(new_params, after_params), strict=True)
+        if not changed
+    ]
+    assert not frozen, (
+        f"{subject.name} via {how}: after {what}, the next normal gradient did not move the "
+        f"parameters {frozen} (an extreme value got stuck in the state)"
+    )
+
+
 # -- 8. convergence ------------------------------------------------------------------------------
 def run_to_convergence(subject: Subject, problem: Problem) -> tuple[float, float, int]:
     """(initial loss, final loss, steps) of ``subject`` on ``problem`` (one jitted scan)."""
+    lr = subject.problem_descent_lr.get(problem.name, subject.descent_lr)
+    subject = dataclasses.replace(subject, descent_lr=lr)
     tx = plain_tx(subject, problem.name)
     steps = subject.steps * problem.steps_factor
     step = make_step(tx, subject, problem)
