@@ -81,11 +81,9 @@ def time_fn(
     while True:
         times.append(_run(compiled, args))
         total = sum(times)
-        if (max_seconds is not None and len(times) >= min_repeats
-                and total > max_seconds):
+        if max_seconds is not None and len(times) >= min_repeats and total > max_seconds:
             break
-        if len(times) >= max(repeats, 1) and (total >= min_seconds
-                                              or len(times) >= max_repeats):
+        if len(times) >= max(repeats, 1) and (total >= min_seconds or len(times) >= max_repeats):
             break
     median = statistics.median(times)
     if first is not None:
@@ -102,8 +100,9 @@ class QuietTiming(NamedTuple):
     waited_seconds: float  # time spent waiting for the machine to quieten
 
 
-def wait_for_quiet(max_other_cores: float = 0.25, timeout: float = 60.0,
-                   sample: float = 2.0) -> float:
+def wait_for_quiet(
+    max_other_cores: float = 0.25, timeout: float = 60.0, sample: float = 2.0
+) -> float:
     """Sleep until other processes use at most ``max_other_cores`` for one ``sample`` (seconds),
     or until ``timeout``; returns the seconds waited."""
     t0 = time.perf_counter()
@@ -149,9 +148,15 @@ def time_fn_quiet(
     return QuietTiming(best[0], first_compile, best[1], waited)
 
 
-def matmul_rate(n: int = 2048, dtype: Any = jnp.float32, repeats: int = 7,
-                warmup: int = 2, attempts: int = 3, max_wait: float = 10.0,
-                details: bool = False) -> float | tuple[float, QuietTiming]:
+def matmul_rate(
+    n: int = 2048,
+    dtype: Any = jnp.float32,
+    repeats: int = 7,
+    warmup: int = 2,
+    attempts: int = 3,
+    max_wait: float = 10.0,
+    details: bool = False,
+) -> float | tuple[float, QuietTiming]:
     """This machine's measured ``n x n @ n x n`` matmul rate in GFLOP/s (``2 n^3`` FLOPs).
 
     Median of ``repeats`` jitted runs, retried (:func:`time_fn_quiet`, waiting up to
@@ -162,8 +167,16 @@ def matmul_rate(n: int = 2048, dtype: Any = jnp.float32, repeats: int = 7,
     a = jax.random.normal(ka, (n, n), dtype)
     b = jax.random.normal(kb, (n, n), dtype)
     mm = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
-    timing = time_fn_quiet(mm, a, b, attempts=attempts, max_wait=max_wait, repeats=repeats,
-                           warmup=warmup, max_seconds=None)
+    timing = time_fn_quiet(
+        mm,
+        a,
+        b,
+        attempts=attempts,
+        max_wait=max_wait,
+        repeats=repeats,
+        warmup=warmup,
+        max_seconds=None,
+    )
     gflops = 2.0 * n**3 / timing.seconds / 1e9
     return (gflops, timing) if details else gflops
 

@@ -27,8 +27,9 @@ import numpy as np
 VOCAB, D_MODEL, D_MLP, N_BLOCKS = 8192, 512, 2048, 4
 
 
-def transformer_params(vocab: int = VOCAB, d: int = D_MODEL, d_mlp: int = D_MLP,
-                       n_blocks: int = N_BLOCKS) -> dict[str, Any]:
+def transformer_params(
+    vocab: int = VOCAB, d: int = D_MODEL, d_mlp: int = D_MLP, n_blocks: int = N_BLOCKS
+) -> dict[str, Any]:
     def norm() -> dict[str, jax.Array]:
         return {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
 
@@ -84,22 +85,26 @@ def transformer_loss(params: dict[str, Any], tokens: jax.Array, n_heads: int = 8
     for i in range(n_blocks):
         blk = params[f"block_{i}"]
         h = _layer_norm(x, blk["ln1"])
-        q, k, v = (jnp.dot(h, blk["attn"][n]["kernel"]).reshape(b, t, n_heads, d // n_heads)
-                   for n in ("query", "key", "value"))
+        q, k, v = (
+            jnp.dot(h, blk["attn"][n]["kernel"]).reshape(b, t, n_heads, d // n_heads)
+            for n in ("query", "key", "value")
+        )
         logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(d // n_heads)
         weights = jax.nn.softmax(jnp.where(causal, logits, -1e30), axis=-1)
         o = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, t, d)
         x = x + jnp.dot(o, blk["attn"]["out"]["kernel"])
         h = _layer_norm(x, blk["ln2"])
-        x = x + jnp.dot(jax.nn.gelu(jnp.dot(h, blk["mlp"]["up"]["kernel"])),
-                        blk["mlp"]["down"]["kernel"])
+        x = x + jnp.dot(
+            jax.nn.gelu(jnp.dot(h, blk["mlp"]["up"]["kernel"])), blk["mlp"]["down"]["kernel"]
+        )
     x = _layer_norm(x, params["final_norm"])
     logits = jnp.dot(x, params["lm_head"]["kernel"])
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
 
 
-def transformer_gradients(params: dict[str, Any], count: int, seed: int, batch: int = 8,
-                          length: int = 128) -> list[dict[str, Any]]:
+def transformer_gradients(
+    params: dict[str, Any], count: int, seed: int, batch: int = 8, length: int = 128
+) -> list[dict[str, Any]]:
     """``count`` gradients of ``transformer_loss`` at one random initialization, each on its
     own batch of Zipf(1.1)-distributed tokens (ranks shuffled over the vocabulary)."""
     vocab = params["embed"]["embedding"].shape[0]
@@ -119,5 +124,7 @@ def random_like(tree: Any, seed: int, scale: float = 1.0) -> Any:
     """A tree of Gaussian arrays shaped like ``tree`` (fixed gradients for timing)."""
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [
-        scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
+    return jax.tree.unflatten(
+        treedef,
+        [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)],
+    )

@@ -186,8 +186,9 @@ def ns_flops(shape, steps, gram=False, normalization=True):
 def optlab_config(shape, method, steps=None, coefficients=None):
     coeffs = resolve_coefficients(method, shape, steps, coefficients) if method != "svd" else ()
     t = len(coeffs)
-    fn = jax.jit(functools.partial(orthogonalize, method=method, steps=steps,
-                                   coefficients=coefficients))
+    fn = jax.jit(
+        functools.partial(orthogonalize, method=method, steps=steps, coefficients=coefficients)
+    )
     label = f"optlab {method}"
     if coefficients is not None:
         label += f" ({coefficients} coeffs)"
@@ -199,8 +200,14 @@ def optlab_config(shape, method, steps=None, coefficients=None):
 
 def ortho_configs(shape):
     return [
-        OrthoConfig("optax.contrib newton_schulz", jax.jit(optax_newton_schulz), OPTAX_NS_STEPS,
-                    ns_flops(shape, OPTAX_NS_STEPS), False, polynomial=True),
+        OrthoConfig(
+            "optax.contrib newton_schulz",
+            jax.jit(optax_newton_schulz),
+            OPTAX_NS_STEPS,
+            ns_flops(shape, OPTAX_NS_STEPS),
+            False,
+            polynomial=True,
+        ),
         optlab_config(shape, "newton_schulz"),
         optlab_config(shape, "polar_express"),
         optlab_config(shape, "gram_newton_schulz"),
@@ -264,31 +271,51 @@ def run_ortho(configs, inputs, vectors, rate, measure):
         err_geo = orthogonality_error(cfg.fn(geo), vectors["geometric"])
         bound = seconds / (cfg.flops / rate) if cfg.flops is not None else None
         results.append(OrthoResult(cfg, seconds, compile_s, other, err_g, err_geo, bound))
-        print(f"  {cfg.label:48s} steps={cfg.steps!s:4s} {timed(seconds, other):>10s} "
-              f"err {err_g:.2e} / {err_geo:.2e}", flush=True)
+        print(
+            f"  {cfg.label:48s} steps={cfg.steps!s:4s} {timed(seconds, other):>10s} "
+            f"err {err_g:.2e} / {err_geo:.2e}",
+            flush=True,
+        )
     return results
 
 
-ORTHO_HEADERS = ["method", "steps", "time", "compile", "time / optax", "err gaussian",
-                 "err geometric", "GFLOP", "time / FLOP bound"]
+ORTHO_HEADERS = [
+    "method",
+    "steps",
+    "time",
+    "compile",
+    "time / optax",
+    "err gaussian",
+    "err geometric",
+    "GFLOP",
+    "time / FLOP bound",
+]
 
 
 def ortho_rows(results, baseline_seconds):
     rows = []
     for r in results:
         c = r.config
-        rows.append([
-            c.label, "" if c.steps is None else c.steps, timed(r.seconds, r.other_cores),
-            format_seconds(r.compile_seconds), f"{r.seconds / baseline_seconds:.2f}",
-            r.err_gauss, r.err_geo, "" if c.flops is None else f"{c.flops / 1e9:.3g}",
-            "" if r.bound_ratio is None else f"{r.bound_ratio:.2f}",
-        ])
+        rows.append(
+            [
+                c.label,
+                "" if c.steps is None else c.steps,
+                timed(r.seconds, r.other_cores),
+                format_seconds(r.compile_seconds),
+                f"{r.seconds / baseline_seconds:.2f}",
+                r.err_gauss,
+                r.err_geo,
+                "" if c.flops is None else f"{c.flops / 1e9:.3g}",
+                "" if r.bound_ratio is None else f"{r.bound_ratio:.2f}",
+            ]
+        )
     return rows
 
 
 def as_accurate(r, ref):
-    return (r.err_gauss <= ref.err_gauss * (1 + EQUAL_RTOL)
-            and r.err_geo <= ref.err_geo * (1 + EQUAL_RTOL))
+    return r.err_gauss <= ref.err_gauss * (1 + EQUAL_RTOL) and r.err_geo <= ref.err_geo * (
+        1 + EQUAL_RTOL
+    )
 
 
 # ------------------------------------------------------------------------ inverse roots
@@ -338,8 +365,11 @@ def eigh_root(a, p):
     w, v = jnp.linalg.eigh(a)
     w = jnp.maximum(w, 0.0)
     w = w + RIDGE_EPS * w[..., -1:]
-    return jnp.matmul(v * (w ** (-1.0 / p))[..., None, :], jnp.swapaxes(v, -1, -2),
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(
+        v * (w ** (-1.0 / p))[..., None, :],
+        jnp.swapaxes(v, -1, -2),
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def batched(fn, ndim):
@@ -357,8 +387,7 @@ class RootConfig:
 
 def root_configs(p, ndim, ds):
     auto = resolve_method("auto")
-    auto_label = ("float32 eigh or float64 eigh64 by condition estimate" if auto == "auto"
-                  else auto)
+    auto_label = "float32 eigh or float64 eigh64 by condition estimate" if auto == "auto" else auto
     configs = []
     if ds is not None:
         # ridge_epsilon is relative to lambda_max (relative_matrix_epsilon=True, its default,
@@ -372,16 +401,23 @@ def root_configs(p, ndim, ds):
             err = jax.jit(batched(lambda m: one(m)[1].inverse_pth_root_errors, ndim))
             return root, err
 
-        configs += [RootConfig("precondition-opt coupled Newton", *pc(False)),
-                    RootConfig("precondition-opt eigh=True", *pc(True))]
+        configs += [
+            RootConfig("precondition-opt coupled Newton", *pc(False)),
+            RootConfig("precondition-opt eigh=True", *pc(True)),
+        ]
     for method in ("auto", "eigh", "eigh64", "newton"):
         label = f"optlab {method}" + (f" (= {auto_label})" if method == "auto" else "")
         kw = dict(p=p, eps=RIDGE_EPS, eps_floor=0.0, method=method)
-        configs.append(RootConfig(
-            label, jax.jit(functools.partial(inverse_root, **kw)),
-            jax.jit(lambda a, kw=kw: inverse_root(a, return_error=True, **kw).error)))
-    configs.append(RootConfig("jnp.linalg.eigh root",
-                              jax.jit(functools.partial(eigh_root, p=p)), None))
+        configs.append(
+            RootConfig(
+                label,
+                jax.jit(functools.partial(inverse_root, **kw)),
+                jax.jit(lambda a, kw=kw: inverse_root(a, return_error=True, **kw).error),
+            )
+        )
+    configs.append(
+        RootConfig("jnp.linalg.eigh root", jax.jit(functools.partial(eigh_root, p=p)), None)
+    )
     return configs
 
 
@@ -408,8 +444,15 @@ class RootResult:
     reported: float | None
 
 
-ROOT_HEADERS = ["method", "time", "compile", "time / precondition Newton", "rel. error",
-                "residual", "reported error"]
+ROOT_HEADERS = [
+    "method",
+    "time",
+    "compile",
+    "time / precondition Newton",
+    "rel. error",
+    "residual",
+    "reported error",
+]
 
 
 def run_roots(case, ds, measure):
@@ -422,10 +465,21 @@ def run_roots(case, ds, measure):
         seconds, compile_s, other, _ = measure(cfg.fn, x)
         root = cfg.fn(x)
         reported = None if cfg.reported is None else float(jnp.max(cfg.reported(x)))
-        results.append(RootResult(cfg.label, seconds, compile_s, other,
-                                  relative_error(root, ref), true_residual(root, a, p), reported))
-        print(f"  {cfg.label:36s} {timed(seconds, other):>10s} err {results[-1].error:.2e}",
-              flush=True)
+        results.append(
+            RootResult(
+                cfg.label,
+                seconds,
+                compile_s,
+                other,
+                relative_error(root, ref),
+                true_residual(root, a, p),
+                reported,
+            )
+        )
+        print(
+            f"  {cfg.label:36s} {timed(seconds, other):>10s} err {results[-1].error:.2e}",
+            flush=True,
+        )
     return desc, results
 
 
@@ -434,8 +488,17 @@ def root_rows(results):
     rows = []
     for r in results:
         ratio = "" if base is None else f"{r.seconds / base:.2f}"
-        rows.append([r.label, timed(r.seconds, r.other_cores), format_seconds(r.compile_seconds),
-                     ratio, r.error, r.residual, r.reported])
+        rows.append(
+            [
+                r.label,
+                timed(r.seconds, r.other_cores),
+                format_seconds(r.compile_seconds),
+                ratio,
+                r.error,
+                r.residual,
+                r.reported,
+            ]
+        )
     return rows
 
 
@@ -444,12 +507,16 @@ def root_rows(results):
 
 def shape_rates(measure, quick):
     """Matmul rates (GFLOP/s) at the shapes the orthogonalization kernels multiply."""
-    cases = [("256x256 @ 256x256", (256, 256), (256, 256)),
-             ("64 x (128x128 @ 128x128)", (64, 128, 128), (64, 128, 128))]
+    cases = [
+        ("256x256 @ 256x256", (256, 256), (256, 256)),
+        ("64 x (128x128 @ 128x128)", (64, 128, 128), (64, 128, 128)),
+    ]
     if not quick:
-        cases[1:1] = [("1024x1024 @ 1024x1024", (1024, 1024), (1024, 1024)),
-                      ("1024x1024 @ 1024x4096", (1024, 1024), (1024, 4096)),
-                      ("1024x4096 @ 4096x1024 (X X^T)", (1024, 4096), None)]
+        cases[1:1] = [
+            ("1024x1024 @ 1024x1024", (1024, 1024), (1024, 1024)),
+            ("1024x1024 @ 1024x4096", (1024, 1024), (1024, 4096)),
+            ("1024x4096 @ 4096x1024 (X X^T)", (1024, 4096), None),
+        ]
     mm = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
     gram = jax.jit(lambda a: jnp.matmul(a, a.T, precision=jax.lax.Precision.HIGHEST))
     rows = []
@@ -475,10 +542,10 @@ def shape_name(shape):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes only (under a minute)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="also write the markdown report to this file")
+    parser.add_argument("--quick", action="store_true", help="small shapes only (under a minute)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the markdown report to this file"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
     args = parser.parse_args(argv)
 
@@ -494,9 +561,18 @@ def main(argv=None):
     attempts = 2 if args.quick else 3
     max_wait = 5.0 if args.quick else 60.0
     wait_budget = 20.0 if args.quick else 600.0
-    measure = Measurer(wait_budget, repeats=args.repeats, warmup=1, min_repeats=3,
-                       max_seconds=max_seconds, min_seconds=min_seconds, max_repeats=50,
-                       max_other_cores=MAX_OTHER_CORES, attempts=attempts, max_wait=max_wait)
+    measure = Measurer(
+        wait_budget,
+        repeats=args.repeats,
+        warmup=1,
+        min_repeats=3,
+        max_seconds=max_seconds,
+        min_seconds=min_seconds,
+        max_repeats=50,
+        max_other_cores=MAX_OTHER_CORES,
+        attempts=attempts,
+        max_wait=max_wait,
+    )
     info = machine_info()
     pc = import_precondition()
     ds = pc[0] if pc else None
@@ -507,53 +583,69 @@ def main(argv=None):
         cmd = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
         emit(f"Command: `{cmd}`" + (" (quick: small shapes only)" if args.quick else ""))
         emit()
-        emit(f"Machine: {info['cores']} cores ({info['cpu']}), backend `{info['backend']}` "
-             f"({info['devices']}), Python {info['python']}, jax {info['jax']}, "
-             f"jaxlib {info['jaxlib']}, optax {optax.__version__}, "
-             f"optlab {getattr(optlab, '__version__', '?')}, "
-             + (f"precondition-opt {pc[1]} (shimmed: {', '.join(pc[2]) or 'nothing'})"
-                if pc else "precondition-opt not installed (its rows are skipped)") + ".")
+        emit(
+            f"Machine: {info['cores']} cores ({info['cpu']}), backend `{info['backend']}` "
+            f"({info['devices']}), Python {info['python']}, jax {info['jax']}, "
+            f"jaxlib {info['jaxlib']}, optax {optax.__version__}, "
+            f"optlab {getattr(optlab, '__version__', '?')}, "
+            + (
+                f"precondition-opt {pc[1]} (shimmed: {', '.join(pc[2]) or 'nothing'})"
+                if pc
+                else "precondition-opt not installed (its rows are skipped)"
+            )
+            + "."
+        )
         emit()
-        emit("Timing: jitted and compiled ahead of time (`compile` = lower + compile), then "
-             f"the median of {args.repeats} runs after 1 warmup, `block_until_ready` on each; "
-             f"fast cases repeat until {min_seconds:g} s of runs (at most 50), slow ones stop "
-             f"after 3 runs once past {max_seconds:g} s. This machine is shared: a measurement "
-             f"during which other processes kept more than {MAX_OTHER_CORES:g} cores busy is "
-             f"repeated after waiting up to {max_wait:g} s for the machine to quieten (up to "
-             f"{attempts} attempts, {wait_budget:g} s of waiting per run; the least disturbed "
-             "attempt is kept) and, if "
-             f"still disturbed, marked `{LOADED_MARK}`. float32 throughout.")
+        emit(
+            "Timing: jitted and compiled ahead of time (`compile` = lower + compile), then "
+            f"the median of {args.repeats} runs after 1 warmup, `block_until_ready` on each; "
+            f"fast cases repeat until {min_seconds:g} s of runs (at most 50), slow ones stop "
+            f"after 3 runs once past {max_seconds:g} s. This machine is shared: a measurement "
+            f"during which other processes kept more than {MAX_OTHER_CORES:g} cores busy is "
+            f"repeated after waiting up to {max_wait:g} s for the machine to quieten (up to "
+            f"{attempts} attempts, {wait_budget:g} s of waiting per run; the least disturbed "
+            "attempt is kept) and, if "
+            f"still disturbed, marked `{LOADED_MARK}`. float32 throughout."
+        )
         emit()
 
         # 1. matmul rate
         gflops, rate_timing = matmul_rate(2048, attempts=attempts, details=True)
         rate = gflops * 1e9
-        rate_text = f"{gflops:.1f}" + (LOADED_MARK if rate_timing.other_cores > MAX_OTHER_CORES
-                                       else "")
+        rate_text = f"{gflops:.1f}" + (
+            LOADED_MARK if rate_timing.other_cores > MAX_OTHER_CORES else ""
+        )
         emit("## Matmul rate")
         emit()
-        emit(f"Jitted 2048x2048 @ 2048x2048 float32: **{rate_text} GFLOP/s** (other "
-             f"processes kept {rate_timing.other_cores:.2f} cores busy meanwhile); the FLOP "
-             "bounds below "
-             "use this rate. Measured again at the end of the run (last section). For "
-             "context, the rate of the products the kernels are made of:")
+        emit(
+            f"Jitted 2048x2048 @ 2048x2048 float32: **{rate_text} GFLOP/s** (other "
+            f"processes kept {rate_timing.other_cores:.2f} cores busy meanwhile); the FLOP "
+            "bounds below "
+            "use this rate. Measured again at the end of the run (last section). For "
+            "context, the rate of the products the kernels are made of:"
+        )
         emit()
         emit(markdown_table(shape_rates(measure, args.quick), ["product", "GFLOP/s"]))
         emit()
 
         # 2. orthogonalization
-        shapes = [(256, 256), (64, 128, 128)] if args.quick else [
-            (256, 256), (1024, 1024), (1024, 4096), (64, 128, 128)]
+        shapes = (
+            [(256, 256), (64, 128, 128)]
+            if args.quick
+            else [(256, 256), (1024, 1024), (1024, 4096), (64, 128, 128)]
+        )
         sweep_shape = (1024, 4096)
         emit("## Orthogonalization (polar factor U V^T)")
         emit()
-        emit("Error: max |sigma_i(Y V_r) - 1| with V_r the input's right singular vectors "
-             f"of sigma >= {KEEP_REL:g} sigma_max (float64), for a Gaussian input "
-             "(`err gaussian`) and for U diag(geomspace(1, 1e-3)) V^T (`err geometric`); "
-             "max over the stack. `time / FLOP bound` = time / (FLOPs / measured 2048 "
-             "matmul rate), FLOPs per matrix T (4 k^2 K + 2 k^3) for Newton-Schulz and Polar "
-             "Express, 4 k^2 K + (8T - 6) k^3 for Gram Newton-Schulz (k = min(m, n), "
-             "K = max(m, n)), plus the normalization. `time / optax` < 1 is faster.")
+        emit(
+            "Error: max |sigma_i(Y V_r) - 1| with V_r the input's right singular vectors "
+            f"of sigma >= {KEEP_REL:g} sigma_max (float64), for a Gaussian input "
+            "(`err gaussian`) and for U diag(geomspace(1, 1e-3)) V^T (`err geometric`); "
+            "max over the stack. `time / FLOP bound` = time / (FLOPs / measured 2048 "
+            "matmul rate), FLOPs per matrix T (4 k^2 K + 2 k^3) for Newton-Schulz and Polar "
+            "Express, 4 k^2 K + (8T - 6) k^3 for Gram Newton-Schulz (k = min(m, n), "
+            "K = max(m, n)), plus the normalization. `time / optax` < 1 is faster."
+        )
         emit()
         by_shape = {}
         with OtherCpuLoad() as ortho_load:
@@ -570,38 +662,48 @@ def main(argv=None):
                 if shape == sweep_shape and not args.quick:
                     steps = [3, 4, 5, 6]
                     print(f"sweep {shape} steps {steps}", flush=True)
-                    sweep = run_ortho(sweep_configs(shape, steps), inputs, vectors, rate,
-                                      measure)
-                    emit(f"Step sweep, {shape_name(shape)} (optlab methods with fewer steps "
-                         "than their default):")
+                    sweep = run_ortho(sweep_configs(shape, steps), inputs, vectors, rate, measure)
+                    emit(
+                        f"Step sweep, {shape_name(shape)} (optlab methods with fewer steps "
+                        "than their default):"
+                    )
                     emit()
                     emit(markdown_table(ortho_rows(sweep, base.seconds), ORTHO_HEADERS))
                     emit()
                 else:
                     sweep = []
                 by_shape[shape] = (results, sweep)
-        emit(f"Other processes kept {ortho_load.cores:.2f} cores busy during this section "
-             f"({ortho_load.seconds:.0f} s).")
+        emit(
+            f"Other processes kept {ortho_load.cores:.2f} cores busy during this section "
+            f"({ortho_load.seconds:.0f} s)."
+        )
         emit()
 
         # 3. inverse roots
         emit("## Inverse p-th roots (a + eps lambda_max I)^{-1/p}")
         emit()
-        emit(f"eps = {RIDGE_EPS:g} relative to lambda_max in every method (optlab `eps`, "
-             "precondition-opt `ridge_epsilon` with its default relative_matrix_epsilon=True; "
-             "optlab `eps_floor=0`). Error: relative Frobenius error against float64 numpy "
-             "eigh of the same float32 matrix with the exact lambda_max, max over the stack. "
-             "`residual`: max |X^p (a + eps lambda_max I) - I| in float64. `reported error`: "
-             "the method's own error estimate (optlab `return_error=True`; precondition-opt's "
-             "`inverse_pth_root_errors` metric). `time / precondition Newton` < 1 is faster.")
+        emit(
+            f"eps = {RIDGE_EPS:g} relative to lambda_max in every method (optlab `eps`, "
+            "precondition-opt `ridge_epsilon` with its default relative_matrix_epsilon=True; "
+            "optlab `eps_floor=0`). Error: relative Frobenius error against float64 numpy "
+            "eigh of the same float32 matrix with the exact lambda_max, max over the stack. "
+            "`residual`: max |X^p (a + eps lambda_max I) - I| in float64. `reported error`: "
+            "the method's own error estimate (optlab `return_error=True`; precondition-opt's "
+            "`inverse_pth_root_errors` metric). `time / precondition Newton` < 1 is faster."
+        )
         emit()
         if args.quick:
             cases = [("cond1e4", 256, (), 4), ("cond1e4", 128, (64,), 4)]
         else:
-            cases = [("cond1e4", 256, (), 4), ("cond1e4", 1024, (), 4),
-                     ("cond1e4", 128, (64,), 4), ("cond1e4", 256, (), 2),
-                     ("cond1e4", 256, (), 3), ("wishart4", 1024, (), 4),
-                     ("wishart1", 1024, (), 4)]
+            cases = [
+                ("cond1e4", 256, (), 4),
+                ("cond1e4", 1024, (), 4),
+                ("cond1e4", 128, (64,), 4),
+                ("cond1e4", 256, (), 2),
+                ("cond1e4", 256, (), 3),
+                ("wishart4", 1024, (), 4),
+                ("wishart1", 1024, (), 4),
+            ]
         root_results = {}
         with OtherCpuLoad() as root_load:
             for case in cases:
@@ -614,8 +716,10 @@ def main(argv=None):
                 emit()
                 emit(markdown_table(root_rows(results), ROOT_HEADERS))
                 emit()
-        emit(f"Other processes kept {root_load.cores:.2f} cores busy during this section "
-             f"({root_load.seconds:.0f} s).")
+        emit(
+            f"Other processes kept {root_load.cores:.2f} cores busy during this section "
+            f"({root_load.seconds:.0f} s)."
+        )
         emit()
 
         # 4. targets
@@ -626,14 +730,18 @@ def main(argv=None):
         emit()
 
         gflops_end, end_timing = matmul_rate(2048, attempts=attempts, details=True)
-        emit(f"Matmul rate at the end of the run: {gflops_end:.1f} GFLOP/s (start: "
-             f"{gflops:.1f}; other processes kept {end_timing.other_cores:.2f} cores busy "
-             "meanwhile).")
+        emit(
+            f"Matmul rate at the end of the run: {gflops_end:.1f} GFLOP/s (start: "
+            f"{gflops:.1f}; other processes kept {end_timing.other_cores:.2f} cores busy "
+            "meanwhile)."
+        )
         emit()
 
-    emit(f"Wall time {time.perf_counter() - t_start:.0f} s (of which {measure.waited:.0f} s "
-         f"waiting for a quiet machine); other processes kept {total_load.cores:.2f} of "
-         f"{info['cores']} cores busy on average during the run.")
+    emit(
+        f"Wall time {time.perf_counter() - t_start:.0f} s (of which {measure.waited:.0f} s "
+        f"waiting for a quiet machine); other processes kept {total_load.cores:.2f} of "
+        f"{info['cores']} cores busy on average during the run."
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(md) + "\n")
@@ -643,8 +751,10 @@ def main(argv=None):
 def disturbed(*other_cores):
     """Suffix for a target line that rests on a measurement taken under load."""
     if any(c > MAX_OTHER_CORES for c in other_cores):
-        return (f" WARNING: rests on a measurement taken while other processes kept more than "
-                f"{MAX_OTHER_CORES:g} cores busy (marked {LOADED_MARK}); not reliable.")
+        return (
+            f" WARNING: rests on a measurement taken while other processes kept more than "
+            f"{MAX_OTHER_CORES:g} cores busy (marked {LOADED_MARK}); not reliable."
+        )
     return ""
 
 
@@ -666,7 +776,8 @@ def targets(by_shape, root_results, quick, rate_other_cores):
                 f"{format_seconds(best.seconds)} vs optax {format_seconds(base.seconds)}, "
                 f"{speedup:.2f}x faster (target >= 2x); errors {best.err_gauss:.3g} / "
                 f"{best.err_geo:.3g} vs optax {base.err_gauss:.3g} / {base.err_geo:.3g}."
-                + disturbed(base.other_cores, best.other_cores))
+                + disturbed(base.other_cores, best.other_cores)
+            )
         else:
             lines.append("FAIL: 1024x4096, no optlab method is as accurate as optax's NS.")
         defaults = [r for r in main_results if r.config.optlab and as_accurate(r, base)]
@@ -674,25 +785,31 @@ def targets(by_shape, root_results, quick, rate_other_cores):
             best = min(defaults, key=lambda r: r.seconds)
             lines.append(
                 f"(info) with default steps only: `{best.config.label}` "
-                f"{base.seconds / best.seconds:.2f}x faster than optax.")
+                f"{base.seconds / best.seconds:.2f}x faster than optax."
+            )
     else:
         lines.append("not measured: 1024x4096 orthogonalization target (--quick).")
 
-    poly = [(shape, r) for shape, (rs, sweep) in by_shape.items() for r in rs + sweep
-            if r.config.optlab and r.bound_ratio is not None]
+    poly = [
+        (shape, r)
+        for shape, (rs, sweep) in by_shape.items()
+        for r in rs + sweep
+        if r.config.optlab and r.bound_ratio is not None
+    ]
     if poly:
         shape, best = min(poly, key=lambda sr: sr[1].bound_ratio)
         verdict = "PASS" if best.bound_ratio <= 1.2 else "FAIL"
         if quick:
             verdict += " (quick run: small shapes only)"
         per_shape = ", ".join(
-            f"{shape_name(s)} {min(r.bound_ratio for t, r in poly if t == s):.2f}"
-            for s in by_shape)
+            f"{shape_name(s)} {min(r.bound_ratio for t, r in poly if t == s):.2f}" for s in by_shape
+        )
         lines.append(
             f"{verdict}: a matmul-only optlab method within 1.2x of its FLOP bound: best is "
             f"`{best.config.label}` ({best.config.steps} steps) on {shape_name(shape)} at "
             f"{best.bound_ratio:.2f}x (best per shape: {per_shape})."
-            + disturbed(rate_other_cores, best.other_cores))
+            + disturbed(rate_other_cores, best.other_cores)
+        )
 
     for case, results in root_results.items():
         kind, d, batch, p = case
@@ -711,12 +828,14 @@ def targets(by_shape, root_results, quick, rate_other_cores):
             f"coupled Newton: {speedup:.2f}x faster (target >= 3x), rel. error "
             f"{auto.error:.2e} vs {base.error:.2e} "
             f"({'equal or better' if err_ok else 'WORSE'})."
-            + disturbed(base.other_cores, auto.other_cores))
+            + disturbed(base.other_cores, auto.other_cores)
+        )
         newton = next(r for r in results if r.label == "optlab newton")
         lines.append(
             f"(info) same case, inverse_root(method='newton'): "
             f"{base.seconds / newton.seconds:.2f}x faster than precondition-opt's Newton, "
-            f"rel. error {newton.error:.2e}.")
+            f"rel. error {newton.error:.2e}."
+        )
     if quick:
         lines.append("not measured: d=1024 inverse_root target (--quick).")
     return lines

@@ -59,8 +59,8 @@ from _workloads import (  # noqa: E402
     transformer_params,
 )
 
-from optlab.linalg import default_steps, orthogonality_error  # noqa: E402
 from optlab._src.muon import muon, muon_labels, resolve_method, scale_by_muon  # noqa: E402
+from optlab.linalg import default_steps, orthogonality_error  # noqa: E402
 
 LR = 0.02
 
@@ -68,7 +68,8 @@ LR = 0.02
 def optax_muon_like_optlab(params: Any) -> optax.GradientTransformation:
     labels = muon_labels(params)
     dims = jax.tree.map(
-        lambda lab: optax.contrib.MuonDimensionNumbers() if lab == "muon" else None, labels)
+        lambda lab: optax.contrib.MuonDimensionNumbers() if lab == "muon" else None, labels
+    )
     return optax.contrib.muon(LR, muon_weight_dimension_numbers=dims)
 
 
@@ -122,12 +123,15 @@ def orthogonality_rows(methods: list[str]) -> list[list[Any]]:
     # weight_dimension_numbers must be a full tree: optax 0.2.8's scale_by_muon fails with its
     # default None (or one MuonDimensionNumbers) on a dict of params (tree_map mismatch).
     optax_tx = optax.contrib.scale_by_muon(
-        beta=0.0, nesterov=False,
-        weight_dimension_numbers={"w": optax.contrib.MuonDimensionNumbers()})
+        beta=0.0,
+        nesterov=False,
+        weight_dimension_numbers={"w": optax.contrib.MuonDimensionNumbers()},
+    )
     rows = [["optax.contrib NS (5 steps)", *err(optax_tx)]]
     for m in methods:
-        name = f"optlab {m}" + (f" -> {resolve_method(m, (512, 2048))} (Polar Express coeffs)"
-                                if m == "auto" else "")
+        name = f"optlab {m}" + (
+            f" -> {resolve_method(m, (512, 2048))} (Polar Express coeffs)" if m == "auto" else ""
+        )
         rows.append([name, *err(scale_by_muon(beta=0.0, nesterov=False, method=m, scale=None))])
     return rows
 
@@ -136,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/muon.md"))
     ap.add_argument("--rounds", type=int, default=9, help="round-robin timing rounds")
-    ap.add_argument("--quick", action="store_true",
-                    help="1 block, vocab 1024, 2 rounds (a smoke test; numbers not comparable)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 block, vocab 1024, 2 rounds (a smoke test; numbers not comparable)",
+    )
     args = ap.parse_args(argv)
 
     global N_BLOCKS, VOCAB
@@ -156,15 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     methods = ["auto", "newton_schulz", "gram_newton_schulz", "polar_express"]
     configs: dict[str, tuple[optax.GradientTransformation, Any, str, str]] = {
         "optax.adamw": (optax.adamw(1e-3), None, "", ""),
-        f"optax.contrib.muon, default routing (all {n_2d} 2-D)":
-            (optax.contrib.muon(LR), labels_all2d, "optax", "newton_schulz"),
-        f"optax.contrib.muon, optlab's routing ({n_muon} hidden)":
-            (optax_muon_like_optlab(params), labels_optlab, "optax", "newton_schulz"),
+        f"optax.contrib.muon, default routing (all {n_2d} 2-D)": (
+            optax.contrib.muon(LR),
+            labels_all2d,
+            "optax",
+            "newton_schulz",
+        ),
+        f"optax.contrib.muon, optlab's routing ({n_muon} hidden)": (
+            optax_muon_like_optlab(params),
+            labels_optlab,
+            "optax",
+            "newton_schulz",
+        ),
     }
     for m in methods:
         configs[f"optlab.muon method={m}"] = (muon(LR, method=m), labels_optlab, "optlab", m)
     configs[f"optlab.muon method=auto, optax's routing (all {n_2d} 2-D)"] = (
-        muon(LR, labels=labels_all2d), labels_all2d, "optlab", "auto")
+        muon(LR, labels=labels_all2d),
+        labels_all2d,
+        "optlab",
+        "auto",
+    )
 
     info = machine_info()
     rate = matmul_rate(1024)
@@ -199,22 +218,44 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, (_, labels, kind, method) in configs.items():
         gf = ortho_gflops(params, labels, method, kind) if kind else math.nan
-        rows.append([
-            name, format_seconds(best[name]), format_seconds(med[name]),
-            format_seconds(cpu_med[name]),
-            f"{best[name] / best[ref_default]:.2f} / {cpu_med[name] / cpu_med[ref_default]:.2f}",
-            f"{best[name] / best[ref_like]:.2f} / {cpu_med[name] / cpu_med[ref_like]:.2f}",
-            gf, format_seconds(compile_s[name]),
-        ])
-    step_table = markdown_table(rows, [
-        "optimizer", "step wall (min)", "step wall (median)", "step CPU (median)",
-        "/ optax default (wall min / CPU)", "/ optax like-for-like (wall min / CPU)",
-        "ortho GFLOP/step", "compile"])
+        rows.append(
+            [
+                name,
+                format_seconds(best[name]),
+                format_seconds(med[name]),
+                format_seconds(cpu_med[name]),
+                f"{best[name] / best[ref_default]:.2f} / "
+                f"{cpu_med[name] / cpu_med[ref_default]:.2f}",
+                f"{best[name] / best[ref_like]:.2f} / {cpu_med[name] / cpu_med[ref_like]:.2f}",
+                gf,
+                format_seconds(compile_s[name]),
+            ]
+        )
+    step_table = markdown_table(
+        rows,
+        [
+            "optimizer",
+            "step wall (min)",
+            "step wall (median)",
+            "step CPU (median)",
+            "/ optax default (wall min / CPU)",
+            "/ optax like-for-like (wall min / CPU)",
+            "ortho GFLOP/step",
+            "compile",
+        ],
+    )
 
     ortho_rows = orthogonality_rows([*methods, "svd"])
-    ortho_table = markdown_table(ortho_rows, [
-        "kernel (512 x 2048)", "max|s-1| gaussian", "s range gaussian",
-        "max|s-1| log-spaced [1e-3, 1]", "s range log-spaced"])
+    ortho_table = markdown_table(
+        ortho_rows,
+        [
+            "kernel (512 x 2048)",
+            "max|s-1| gaussian",
+            "s range gaussian",
+            "max|s-1| log-spaced [1e-3, 1]",
+            "s range log-spaced",
+        ],
+    )
 
     auto = "optlab.muon method=auto"
     err_optax, err_auto = ortho_rows[0], ortho_rows[1]
@@ -229,49 +270,55 @@ def main(argv: list[str] | None = None) -> int:
         f"{err_auto[1]:.2g} vs {err_optax[1]:.2g} (Gaussian) and {err_auto[3]:.2g} vs "
         f"{err_optax[3]:.2g} (log-spaced): {verdict}. Like-for-like (optax given optlab's "
         f"routing): {best[auto] / best[ref_like]:.2f}x / {cpu_med[auto] / cpu_med[ref_like]:.2f}x "
-        "at equal orthogonalization FLOPs.")
+        "at equal orthogonalization FLOPs."
+    )
 
-    cmd = "python benchmarks/muon.py" + (" --quick" if args.quick else "") + \
-        (f" --rounds {args.rounds}" if args.rounds != 9 and not args.quick else "")
-    text = "\n".join([
-        "# Muon: optlab.muon vs optax.contrib.muon (full optimizer step)",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['devices']}, jax "
-        f"{info['jax']}, optax {optax.__version__}; measured matmul rate (1024^3 float32) "
-        f"{rate:.1f} GFLOP/s.",
-        "",
-        f"Parameters: vocab {VOCAB}, d_model {D_MODEL}, MLP {D_MLP}, {N_BLOCKS} blocks with "
-        f"separate q/k/v/o {D_MODEL}x{D_MODEL} (no biases), MLP up {D_MODEL}x{D_MLP} and down "
-        f"{D_MLP}x{D_MODEL}, two LayerNorms per block, untied embedding {VOCAB}x{D_MODEL}, "
-        f"final LayerNorm, lm_head {D_MODEL}x{VOCAB}: {n_params / 1e6:.1f} M float32 "
-        f"parameters, {n_2d} 2-D leaves of which optlab.muon_labels sends {n_muon} to Muon "
-        "(embedding and lm_head to AdamW). Learning rate 0.02, all other options default.",
-        "",
-        f"One jitted step (update + apply_updates) over {args.rounds} round-robin rounds. The "
-        "machine is shared with other jobs, so wall times vary: the min wall time is the least "
-        "disturbed run, the median includes others' load, and the process CPU time (both "
-        "cores' work for this process, median) is the least load-sensitive measure. Ratios are "
-        "to optax.contrib.muon with its default routing and with optlab's routing (min wall "
-        "time / CPU time). Compile = ahead-of-time lower + compile. "
-        "`ortho GFLOP/step` is the orthogonalization FLOP model: T steps of the plain "
-        "iteration T (4k^2K + 2k^3), of Gram Newton-Schulz 4k^2K + (8T - 6)k^3; T = 5 for "
-        "Newton-Schulz coefficients, 7 for Polar Express' (its default for k = 512, also used by "
-        "`auto`).",
-        "",
-        step_table,
-        "",
-        "Orthogonality of one 512 x 2048 matrix through the transform "
-        "(`scale_by_muon(beta=0, nesterov=False, scale=None)` / "
-        "`optax.contrib.scale_by_muon(beta=0, nesterov=False)`): max |sigma_i - 1| and the "
-        "range of the singular values.",
-        "",
-        ortho_table,
-        "",
-        summary,
-        "",
-    ])
+    cmd = (
+        "python benchmarks/muon.py"
+        + (" --quick" if args.quick else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 9 and not args.quick else "")
+    )
+    text = "\n".join(
+        [
+            "# Muon: optlab.muon vs optax.contrib.muon (full optimizer step)",
+            "",
+            f"Command: `{cmd}`",
+            "",
+            f"Machine: {info['cpu']}, {info['cores']} cores, {info['devices']}, jax "
+            f"{info['jax']}, optax {optax.__version__}; measured matmul rate (1024^3 float32) "
+            f"{rate:.1f} GFLOP/s.",
+            "",
+            f"Parameters: vocab {VOCAB}, d_model {D_MODEL}, MLP {D_MLP}, {N_BLOCKS} blocks with "
+            f"separate q/k/v/o {D_MODEL}x{D_MODEL} (no biases), MLP up {D_MODEL}x{D_MLP} and down "
+            f"{D_MLP}x{D_MODEL}, two LayerNorms per block, untied embedding {VOCAB}x{D_MODEL}, "
+            f"final LayerNorm, lm_head {D_MODEL}x{VOCAB}: {n_params / 1e6:.1f} M float32 "
+            f"parameters, {n_2d} 2-D leaves of which optlab.muon_labels sends {n_muon} to Muon "
+            "(embedding and lm_head to AdamW). Learning rate 0.02, all other options default.",
+            "",
+            f"One jitted step (update + apply_updates) over {args.rounds} round-robin rounds. The "
+            "machine is shared with other jobs, so wall times vary: the min wall time is the least "
+            "disturbed run, the median includes others' load, and the process CPU time (both "
+            "cores' work for this process, median) is the least load-sensitive measure. Ratios are "
+            "to optax.contrib.muon with its default routing and with optlab's routing (min wall "
+            "time / CPU time). Compile = ahead-of-time lower + compile. "
+            "`ortho GFLOP/step` is the orthogonalization FLOP model: T steps of the plain "
+            "iteration T (4k^2K + 2k^3), of Gram Newton-Schulz 4k^2K + (8T - 6)k^3; T = 5 for "
+            "Newton-Schulz coefficients, 7 for Polar Express' (its default for k = 512, also used "
+            "by `auto`).",
+            "",
+            step_table,
+            "",
+            "Orthogonality of one 512 x 2048 matrix through the transform "
+            "(`scale_by_muon(beta=0, nesterov=False, scale=None)` / "
+            "`optax.contrib.scale_by_muon(beta=0, nesterov=False)`): max |sigma_i - 1| and the "
+            "range of the singular values.",
+            "",
+            ortho_table,
+            "",
+            summary,
+            "",
+        ]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

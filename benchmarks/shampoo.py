@@ -61,8 +61,9 @@ def step_fn(tx: optax.GradientTransformation):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def measure(name: str, tx: optax.GradientTransformation, params: Any, grads: list[Any],
-            window: int) -> dict[str, Any]:
+def measure(
+    name: str, tx: optax.GradientTransformation, params: Any, grads: list[Any], window: int
+) -> dict[str, Any]:
     state = tx.init(params)
     t0 = time.perf_counter()
     compiled = step_fn(tx).lower(params, state, grads[0]).compile()
@@ -91,31 +92,64 @@ def measure(name: str, tx: optax.GradientTransformation, params: Any, grads: lis
 def configs(quick: bool) -> list[tuple[str, optax.GradientTransformation]]:
     out = [("optax.adamw", optax.adamw(LR, b1=0.9, b2=0.999))]
     for method in ("auto",):
-        out.append((f"optlab.shampoo (root_method={method})", optlab.shampoo(
-            LR, b1=0.9, b2=0.999, eps=1e-6, block_size=1024, precondition_every=EVERY,
-            start_preconditioning_step=1, grafting="rmsprop", root_method=method)))
+        out.append(
+            (
+                f"optlab.shampoo (root_method={method})",
+                optlab.shampoo(
+                    LR,
+                    b1=0.9,
+                    b2=0.999,
+                    eps=1e-6,
+                    block_size=1024,
+                    precondition_every=EVERY,
+                    start_preconditioning_step=1,
+                    grafting="rmsprop",
+                    root_method=method,
+                ),
+            )
+        )
     pc = import_precondition()
     if pc is not None:
         ds = pc[0]
-        out.append(("precondition-opt distributed_shampoo", ds.distributed_shampoo(
-            LR, block_size=1024, beta1=0.9, beta2=0.999, matrix_epsilon=1e-6,
-            start_preconditioning_step=1, preconditioning_compute_steps=EVERY,
-            statistics_compute_steps=1, graft_type=ds.GraftingType.RMSPROP, nesterov=False,
-            skip_preconditioning_dim_size_gt=8192, generate_training_metrics=False)))
+        out.append(
+            (
+                "precondition-opt distributed_shampoo",
+                ds.distributed_shampoo(
+                    LR,
+                    block_size=1024,
+                    beta1=0.9,
+                    beta2=0.999,
+                    matrix_epsilon=1e-6,
+                    start_preconditioning_step=1,
+                    preconditioning_compute_steps=EVERY,
+                    statistics_compute_steps=1,
+                    graft_type=ds.GraftingType.RMSPROP,
+                    nesterov=False,
+                    skip_preconditioning_dim_size_gt=8192,
+                    generate_training_metrics=False,
+                ),
+            )
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/shampoo.md")
-    parser.add_argument("--quick", action="store_true",
-                        help="1 block, vocab 1024 (a smoke test; numbers not comparable)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 block, vocab 1024 (a smoke test; numbers not comparable)",
+    )
     parser.add_argument("--window", type=int, default=EVERY)
-    parser.add_argument("--grads", choices=("transformer", "gaussian"), default="transformer",
-                        help="real transformer gradients (10, cycled) or one fixed Gaussian")
+    parser.add_argument(
+        "--grads",
+        choices=("transformer", "gaussian"),
+        default="transformer",
+        help="real transformer gradients (10, cycled) or one fixed Gaussian",
+    )
     args = parser.parse_args(argv)
-    params = (transformer_params(vocab=1024, n_blocks=1) if args.quick
-              else transformer_params())
+    params = transformer_params(vocab=1024, n_blocks=1) if args.quick else transformer_params()
     if args.grads == "transformer":
         print("computing 10 transformer gradients", flush=True)
         grads = transformer_gradients(params, count=10, seed=1)
@@ -130,17 +164,30 @@ def main(argv: list[str] | None = None) -> int:
     adamw = by_name["optax.adamw"]
     rows = []
     for r in results:
-        rows.append([
-            r["name"], f"{r['compile']:.2f}", f"{r['plain'] * 1e3:.0f}",
-            f"{r['root'] * 1e3:.0f}", f"{r['amortized'] * 1e3:.0f}",
-            f"{r['amortized'] / peer['amortized']:.3f}" if peer else "-",
-            f"{r['compile'] / peer['compile']:.2f}" if peer else "-",
-            f"{r['amortized'] / adamw['amortized']:.1f}",
-            f"{r['compile'] / adamw['compile']:.1f}",
-        ])
-    headers = ["optimizer", "compile s", "plain step ms", "root step ms", "amortized ms",
-               "amortized / precondition-opt", "compile / precondition-opt",
-               "amortized / adamw", "compile / adamw"]
+        rows.append(
+            [
+                r["name"],
+                f"{r['compile']:.2f}",
+                f"{r['plain'] * 1e3:.0f}",
+                f"{r['root'] * 1e3:.0f}",
+                f"{r['amortized'] * 1e3:.0f}",
+                f"{r['amortized'] / peer['amortized']:.3f}" if peer else "-",
+                f"{r['compile'] / peer['compile']:.2f}" if peer else "-",
+                f"{r['amortized'] / adamw['amortized']:.1f}",
+                f"{r['compile'] / adamw['compile']:.1f}",
+            ]
+        )
+    headers = [
+        "optimizer",
+        "compile s",
+        "plain step ms",
+        "root step ms",
+        "amortized ms",
+        "amortized / precondition-opt",
+        "compile / precondition-opt",
+        "amortized / adamw",
+        "compile / adamw",
+    ]
     lines = [
         f"## Shampoo: optlab vs precondition-opt (transformer-shaped parameters, "
         f"{args.grads} gradients)",

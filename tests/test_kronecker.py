@@ -24,8 +24,7 @@ def f32(rng, shape, scale=1.0):
 
 
 def layout_of(leaves, block_size=4, max_dim=8192, merge=True, root=None):
-    return kron.make_layout(tuple(tuple(x.shape) for x in leaves), block_size, max_dim, merge,
-                            root)
+    return kron.make_layout(tuple(tuple(x.shape) for x in leaves), block_size, max_dim, merge, root)
 
 
 def mode_apply(x, m, axis):
@@ -60,7 +59,8 @@ def blocks_np(leaves, layout):
         for block in plan.blocks:
             shape = layout.kinds[block.kind].shape
             stacks[block.kind][block.position] = block_of(
-                np.asarray(x, np.float64).reshape(plan.merged), block, shape)
+                np.asarray(x, np.float64).reshape(plan.merged), block, shape
+            )
     return stacks
 
 
@@ -77,16 +77,19 @@ LEAF_SETS = {
 
 
 # -- layout ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape, max_dim, merge, expected", [
-    ((3, 3, 64, 128), 1024, True, (576, 128)),
-    ((1, 2, 768, 1, 2048), 4096, True, (1536, 2048)),
-    ((1, 2, 768, 1, 2048), 4096, False, (2, 768, 2048)),
-    ((4, 4), 1024, True, (4, 4)),  # a matrix stays a matrix
-    ((2, 3, 4), 1024, True, (6, 4)),
-    ((7,), 1024, True, (7,)),
-    ((1, 1), 1024, True, (1,)),
-    ((), 1024, True, (1,)),
-])
+@pytest.mark.parametrize(
+    "shape, max_dim, merge, expected",
+    [
+        ((3, 3, 64, 128), 1024, True, (576, 128)),
+        ((1, 2, 768, 1, 2048), 4096, True, (1536, 2048)),
+        ((1, 2, 768, 1, 2048), 4096, False, (2, 768, 2048)),
+        ((4, 4), 1024, True, (4, 4)),  # a matrix stays a matrix
+        ((2, 3, 4), 1024, True, (6, 4)),
+        ((7,), 1024, True, (7,)),
+        ((1, 1), 1024, True, (1,)),
+        ((), 1024, True, (1,)),
+    ],
+)
 def test_merge_dims(shape, max_dim, merge, expected):
     assert kron.merge_dims(shape, max_dim, merge) == expected
 
@@ -144,8 +147,10 @@ def test_from_blocks_returns_the_dtype_of_like():
     layout = layout_of(leaves)
     blocks = kron.to_blocks(leaves, layout, jnp.float32)
     assert all(s.dtype == jnp.float32 for s in blocks.stacks) and blocks.vector.dtype == jnp.float32
-    assert [x.dtype for x in kron.from_blocks(blocks, layout, leaves)] == [jnp.bfloat16,
-                                                                           jnp.float16]
+    assert [x.dtype for x in kron.from_blocks(blocks, layout, leaves)] == [
+        jnp.bfloat16,
+        jnp.float16,
+    ]
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -178,8 +183,7 @@ def test_statistics_sum_and_moving_average(name, beta2):
     # (decay * S, weight * C, the sum): |error| <= (m + 3 T) U (the same sums over |x|), with a
     # factor 2 for the second-order terms and the rounding of the float32 weights.
     for g, stack in enumerate(kron.group_stacks(buffer, layout)):
-        m = max(math.prod(layout.kinds[k].shape) // layout.groups[g].dim
-                for k, _, _ in members[g])
+        m = max(math.prod(layout.kinds[k].shape) // layout.groups[g].dim for k, _, _ in members[g])
         tol = 2 * (m + 3 * len(steps)) * U * bound[g]
         assert np.all(np.abs(np.asarray(stack, np.float64) - ref[g]) <= tol)
     if layout.vector_size:
@@ -219,12 +223,16 @@ def test_refresh_bookkeeping_with_a_custom_refresh_fn():
     new, rejected = kron.refresh(stats, factors, layout, refresh_fn)
     assert seen == [(g.dim, g.p, (g.count, g.dim, g.dim)) for g in layout.groups]
     assert int(rejected) == sum(g.count // 2 for g in layout.groups)
-    for s, old, out in zip(kron.group_stacks(stats, layout), kron.group_stacks(factors, layout),
-                           kron.group_stacks(new, layout)):
+    for s, old, out in zip(
+        kron.group_stacks(stats, layout),
+        kron.group_stacks(factors, layout),
+        kron.group_stacks(new, layout),
+    ):
         np.testing.assert_array_equal(out[0::2], 2 * np.asarray(s[0::2]))
         np.testing.assert_array_equal(out[1::2], old[1::2])
-        np.testing.assert_array_equal(old[1::2], np.broadcast_to(np.eye(old.shape[-1]),
-                                                                 old[1::2].shape))
+        np.testing.assert_array_equal(
+            old[1::2], np.broadcast_to(np.eye(old.shape[-1]), old[1::2].shape)
+        )
 
 
 def _ref_root(a, p, eps):
@@ -240,13 +248,15 @@ def test_inverse_roots_against_float64_eigh(shapes):
     leaves = [f32(rng, s) for s in shapes]
     layout = layout_of(leaves, block_size=64, merge=False)
     blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
-    stats = kron.accumulate(jnp.zeros((layout.stats_size,), jnp.float32),
-                            kron.axis_grams(blocks, layout), layout, 1.0)
+    stats = kron.accumulate(
+        jnp.zeros((layout.stats_size,), jnp.float32), kron.axis_grams(blocks, layout), layout, 1.0
+    )
     refresh_fn = kron.inverse_roots(eps=1e-6, eps_floor=0.0, method="eigh", threshold=np.inf)
     roots, rejected = kron.refresh(stats, kron.identity_factors(layout), layout, refresh_fn)
     assert int(rejected) == 0
-    for group, s, r in zip(layout.groups, kron.group_stacks(stats, layout),
-                           kron.group_stacks(roots, layout)):
+    for group, s, r in zip(
+        layout.groups, kron.group_stacks(stats, layout), kron.group_stacks(roots, layout)
+    ):
         for a, x in zip(np.asarray(s, np.float64), np.asarray(r, np.float64)):
             ref, kappa = _ref_root(a, group.p, 1e-6)
             # eigh is backward stable: exact eigenpairs of S + E, ||E||_2 <= c d U ||S||_2.
@@ -262,8 +272,9 @@ def test_inverse_roots_reject_non_finite_statistics_and_keep_the_old_factor():
     layout = kron.make_layout(((4, 6),), 64, 8192, True, None)
     rng = np.random.default_rng(4)
     blocks = kron.to_blocks([jnp.asarray(f32(rng, (4, 6)))], layout, jnp.float32)
-    stats = kron.accumulate(jnp.zeros((layout.stats_size,), jnp.float32),
-                            kron.axis_grams(blocks, layout), layout, 1.0)
+    stats = kron.accumulate(
+        jnp.zeros((layout.stats_size,), jnp.float32), kron.axis_grams(blocks, layout), layout, 1.0
+    )
     refresh_fn = kron.inverse_roots(eps=1e-6, eps_floor=0.0, method="eigh", threshold=4.0)
     good, rejected = kron.refresh(stats, kron.identity_factors(layout), layout, refresh_fn)
     assert int(rejected) == 0
@@ -273,8 +284,12 @@ def test_inverse_roots_reject_non_finite_statistics_and_keep_the_old_factor():
     assert int(rejected) == 1
     np.testing.assert_array_equal(new, good)  # rejected: kept; the other: recomputed, the same
     # A threshold no root can meet rejects all of them.
-    _, rejected = kron.refresh(stats, good, layout, kron.inverse_roots(
-        eps=1e-6, eps_floor=0.0, method="eigh", threshold=1e-30))
+    _, rejected = kron.refresh(
+        stats,
+        good,
+        layout,
+        kron.inverse_roots(eps=1e-6, eps_floor=0.0, method="eigh", threshold=1e-30),
+    )
     assert int(rejected) == 2
 
 
@@ -313,8 +328,7 @@ def test_diagonal_root_uses_a_ridge_per_leaf():
     # Statistics in [0.5, 4] (and one leaf far smaller, so a shared ridge would show).
     v = rng.uniform(0.5, 4.0, 9).astype(np.float32)
     v[6:] *= np.float32(1e-6)
-    out = kron.diagonal_root(jnp.asarray(g), jnp.asarray(v), layout, eps=1e-2, eps_floor=1e-9,
-                             p=2)
+    out = kron.diagonal_root(jnp.asarray(g), jnp.asarray(v), layout, eps=1e-2, eps_floor=1e-9, p=2)
     ref = np.empty(9)
     for lo, hi in [(0, 5), (5, 6), (6, 9)]:
         vv = v[lo:hi].astype(np.float64)
@@ -322,8 +336,12 @@ def test_diagonal_root_uses_a_ridge_per_leaf():
     # max, two additions, a power (XLA's pow is exp(y log x): a few ulps for |y log x| < 1) and a
     # product: 16 U.
     np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=16 * U, atol=0)
-    assert kron.diagonal_root(None, jnp.zeros(0), layout_of([np.zeros((2, 2))]), eps=0.0,
-                              eps_floor=0.0, p=2) is None
+    assert (
+        kron.diagonal_root(
+            None, jnp.zeros(0), layout_of([np.zeros((2, 2))]), eps=0.0, eps_floor=0.0, p=2
+        )
+        is None
+    )
 
 
 # -- grafting --------------------------------------------------------------------------------------
@@ -332,11 +350,14 @@ def test_graft_takes_each_block_norm_and_each_vector_leaf_norm_from_the_referenc
     shapes = [(10, 7), (5,), (3,)]
     layout = layout_of([np.zeros(s) for s in shapes])
     direction = kron.to_blocks([jnp.asarray(f32(rng, s)) for s in shapes], layout, jnp.float32)
-    reference = kron.to_blocks([jnp.asarray(f32(rng, s, 1e-3)) for s in shapes], layout,
-                               jnp.float32)
+    reference = kron.to_blocks(
+        [jnp.asarray(f32(rng, s, 1e-3)) for s in shapes], layout, jnp.float32
+    )
     # One all-zero direction block and one zero vector leaf: their update is zero.
-    direction = kron.Blocks((direction.stacks[0].at[0].set(0.0), *direction.stacks[1:]),
-                            direction.vector.at[5:].set(0.0))
+    direction = kron.Blocks(
+        (direction.stacks[0].at[0].set(0.0), *direction.stacks[1:]),
+        direction.vector.at[5:].set(0.0),
+    )
     out = kron.graft(direction, reference, layout)
 
     def grafted(d, r):
@@ -351,9 +372,12 @@ def test_graft_takes_each_block_norm_and_each_vector_leaf_norm_from_the_referenc
         for ob, db, rb in zip(o, d, r):
             np.testing.assert_allclose(ob, grafted(db, rb), rtol=2 * (m + 4) * U, atol=0)
     for lo, hi in [(0, 5), (5, 8)]:
-        np.testing.assert_allclose(out.vector[lo:hi],
-                                   grafted(direction.vector[lo:hi], reference.vector[lo:hi]),
-                                   rtol=2 * (hi - lo + 4) * U, atol=0)
+        np.testing.assert_allclose(
+            out.vector[lo:hi],
+            grafted(direction.vector[lo:hi], reference.vector[lo:hi]),
+            rtol=2 * (hi - lo + 4) * U,
+            atol=0,
+        )
 
 
 def test_graft_ratio():

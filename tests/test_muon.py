@@ -190,22 +190,35 @@ def test_flax_nnx_embedding_and_head_go_to_adamw() -> None:
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     adam = optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.0)
     ref, _ = jax.jit(adam.update)(grads, adam.init(params), params)
-    np.testing.assert_allclose(np.asarray(updates["embed"]["embedding"][...]),
-                               np.asarray(ref["embed"]["embedding"][...]), rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(updates["head"]["kernel"][...]),
-                               np.asarray(ref["head"]["kernel"][...]), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(updates["embed"]["embedding"][...]),
+        np.asarray(ref["embed"]["embedding"][...]),
+        rtol=1e-5,
+        atol=1e-9,
+    )
+    np.testing.assert_allclose(
+        np.asarray(updates["head"]["kernel"][...]),
+        np.asarray(ref["head"]["kernel"][...]),
+        rtol=1e-5,
+        atol=1e-9,
+    )
     hidden = np.asarray(updates["hidden"]["kernel"][...])  # 8 x 16, Muon: sigma ~ lr*sqrt(2)
     assert np.all(np.abs(singular_values(hidden) / (0.02 * np.sqrt(2)) - 1) < 0.35)
 
 
 def test_labels_exclude_names_linen_suffix_and_custom_list() -> None:
-    params = {"Embed_0": {"embedding": jnp.zeros((10, 4))},
-              "Dense_0": {"kernel": jnp.zeros((4, 4))},
-              "lm_head": {"kernel": jnp.zeros((4, 10))},
-              "stem": {"kernel": jnp.zeros((3, 3, 1, 4))}}
-    assert muon_labels(params) == {"Embed_0": {"embedding": "adam"},
-                                   "Dense_0": {"kernel": "muon"},
-                                   "lm_head": {"kernel": "adam"}, "stem": {"kernel": "muon"}}
+    params = {
+        "Embed_0": {"embedding": jnp.zeros((10, 4))},
+        "Dense_0": {"kernel": jnp.zeros((4, 4))},
+        "lm_head": {"kernel": jnp.zeros((4, 10))},
+        "stem": {"kernel": jnp.zeros((3, 3, 1, 4))},
+    }
+    assert muon_labels(params) == {
+        "Embed_0": {"embedding": "adam"},
+        "Dense_0": {"kernel": "muon"},
+        "lm_head": {"kernel": "adam"},
+        "stem": {"kernel": "muon"},
+    }
     custom = muon_labels(params, exclude=(*MUON_EXCLUDED_NAMES, "stem"))
     assert custom["stem"]["kernel"] == "adam"
 
@@ -213,10 +226,12 @@ def test_labels_exclude_names_linen_suffix_and_custom_list() -> None:
 # -- scales and method choice ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("scale", "expected"),
-    [("spectral", lambda fi, fo: np.sqrt(max(1.0, fo / fi))),
-     ("rms", lambda fi, fo: 0.2 * np.sqrt(max(fi, fo))),
-     (None, lambda fi, fo: 1.0),
-     (lambda fi, fo: fi / 100.0, lambda fi, fo: fi / 100.0)],
+    [
+        ("spectral", lambda fi, fo: np.sqrt(max(1.0, fo / fi))),
+        ("rms", lambda fi, fo: 0.2 * np.sqrt(max(fi, fo))),
+        (None, lambda fi, fo: 1.0),
+        (lambda fi, fo: fi / 100.0, lambda fi, fo: fi / 100.0),
+    ],
 )
 def test_scale_rules(scale, expected) -> None:
     g = random_tree(8, {"wide": (4, 12), "tall": (12, 4), "conv": (2, 2, 3, 5)})
@@ -242,8 +257,9 @@ def test_auto_method_choice() -> None:
     ortho = jax.jit(orthogonalize, static_argnames=("method", "coefficients"))
     wide_ref = ortho(g["wide"], method="gram_newton_schulz", coefficients="polar_express")
     np.testing.assert_allclose(np.asarray(out["wide"]), np.asarray(wide_ref), atol=2e-5)
-    np.testing.assert_allclose(np.asarray(out["square"]),
-                               np.asarray(ortho(g["square"], method="polar_express")), atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(out["square"]), np.asarray(ortho(g["square"], method="polar_express")), atol=2e-5
+    )
     # Polar Express converges: both are orthogonal to well within NS's [0.68, 1.13] band.
     for k in g:
         s = singular_values(out[k])
@@ -267,20 +283,22 @@ def test_bfloat16_compute_dtype_runs() -> None:
 # -- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("factory", "kwargs", "match"),
-    [(scale_by_muon, {"method": "qr"}, "method must be one of"),
-     (orthogonalize_muon, {"method": "newton"}, "method must be one of"),
-     (scale_by_muon, {"scale": "width"}, "scale must be one of"),
-     (scale_by_muon, {"beta": 1.0}, r"beta must be in \[0, 1\)"),
-     (scale_by_muon, {"beta": -0.1}, r"beta must be in \[0, 1\)"),
-     (scale_by_muon, {"steps": 0}, "steps must be an integer >= 1"),
-     (scale_by_muon, {"steps": 2.5}, "steps must be an integer >= 1"),
-     (scale_by_muon, {"nesterov": "yes"}, "nesterov must be True or False"),
-     (scale_by_muon, {"mu_dtype": jnp.int32}, "mu_dtype must be"),
-     (scale_by_muon, {"coefficients": "chebyshev"}, "coefficients must be"),
-     (muon, {"learning_rate": 0.1, "beta": 1.5}, "beta must be in"),
-     (muon, {"learning_rate": 0.1, "method": "polar"}, "method must be one of"),
-     (muon, {"learning_rate": 0.1, "adam_b2": 1.0}, r"adam_b2 must be in \[0, 1\)"),
-     (muon, {"learning_rate": 0.1, "weight_decay": -1.0}, "weight_decay must be >= 0")],
+    [
+        (scale_by_muon, {"method": "qr"}, "method must be one of"),
+        (orthogonalize_muon, {"method": "newton"}, "method must be one of"),
+        (scale_by_muon, {"scale": "width"}, "scale must be one of"),
+        (scale_by_muon, {"beta": 1.0}, r"beta must be in \[0, 1\)"),
+        (scale_by_muon, {"beta": -0.1}, r"beta must be in \[0, 1\)"),
+        (scale_by_muon, {"steps": 0}, "steps must be an integer >= 1"),
+        (scale_by_muon, {"steps": 2.5}, "steps must be an integer >= 1"),
+        (scale_by_muon, {"nesterov": "yes"}, "nesterov must be True or False"),
+        (scale_by_muon, {"mu_dtype": jnp.int32}, "mu_dtype must be"),
+        (scale_by_muon, {"coefficients": "chebyshev"}, "coefficients must be"),
+        (muon, {"learning_rate": 0.1, "beta": 1.5}, "beta must be in"),
+        (muon, {"learning_rate": 0.1, "method": "polar"}, "method must be one of"),
+        (muon, {"learning_rate": 0.1, "adam_b2": 1.0}, r"adam_b2 must be in \[0, 1\)"),
+        (muon, {"learning_rate": 0.1, "weight_decay": -1.0}, "weight_decay must be >= 0"),
+    ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(factory, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
@@ -461,10 +479,15 @@ def test_integer_leaf_in_muon_is_rejected_at_init_even_if_routed_to_adamw() -> N
 
 def test_zero_size_leaves_get_zero_size_updates() -> None:
     params = {"w": jnp.ones((4, 8)), "empty": jnp.zeros((0, 5)), "conv": jnp.zeros((3, 3, 0, 4))}
-    grads = random_tree(20, {"w": (4, 8)}) | {"empty": jnp.zeros((0, 5)),
-                                             "conv": jnp.zeros((3, 3, 0, 4))}
-    for tx in (scale_by_muon(), orthogonalize_muon(), muon(0.02, labels=lambda p: {
-            k: "muon" for k in p})):
+    grads = random_tree(20, {"w": (4, 8)}) | {
+        "empty": jnp.zeros((0, 5)),
+        "conv": jnp.zeros((3, 3, 0, 4)),
+    }
+    for tx in (
+        scale_by_muon(),
+        orthogonalize_muon(),
+        muon(0.02, labels=lambda p: {k: "muon" for k in p}),
+    ):
         u, state = jax.jit(tx.update)(grads, tx.init(params), params)
         assert u["empty"].shape == (0, 5) and u["conv"].shape == (3, 3, 0, 4)
         assert float(jnp.abs(u["w"]).max()) > 0 and int(state.skipped_steps) == 0
@@ -472,22 +495,27 @@ def test_zero_size_leaves_get_zero_size_updates() -> None:
 
 def test_bfloat16_params_keep_their_dtype_and_momentum_follows_mu_dtype() -> None:
     params = {"w": jnp.ones((4, 8), jnp.bfloat16), "b": jnp.zeros(8, jnp.bfloat16)}
-    grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16),
-                         random_tree(21, {"w": (4, 8), "b": (8,)}))
+    grads = jax.tree.map(
+        lambda x: x.astype(jnp.bfloat16), random_tree(21, {"w": (4, 8), "b": (8,)})
+    )
     for mu_dtype, expected in ((None, jnp.bfloat16), (jnp.float32, jnp.float32)):
         tx = muon(0.02, mu_dtype=mu_dtype)
         u, state = jax.jit(tx.update)(grads, tx.init(params), params)
         assert u["w"].dtype == jnp.bfloat16 and u["b"].dtype == jnp.bfloat16
-        mus = [x for x in jax.tree.leaves(state.inner)
-               if jnp.issubdtype(x.dtype, jnp.floating) and x.shape == (4, 8)]
+        mus = [
+            x
+            for x in jax.tree.leaves(state.inner)
+            if jnp.issubdtype(x.dtype, jnp.floating) and x.shape == (4, 8)
+        ]
         assert mus and all(x.dtype == expected for x in mus)
         s = singular_values(np.asarray(u["w"], np.float32) / 0.02 / np.sqrt(2))  # spectral
         assert np.all(np.abs(s - 1) < 0.05), s  # bfloat16 output: 2^-8 rounding + PE's 1e-2
 
 
 # -- signatures and construction-time validation ---------------------------------------------------
-@pytest.mark.parametrize(("factory", "first"), [(muon, 1), (scale_by_muon, 1),
-                                                (orthogonalize_muon, 1)])
+@pytest.mark.parametrize(
+    ("factory", "first"), [(muon, 1), (scale_by_muon, 1), (orthogonalize_muon, 1)]
+)
 def test_options_after_the_first_argument_are_keyword_only(factory, first) -> None:
     params = list(inspect.signature(factory).parameters.values())
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[first:]), params
@@ -495,35 +523,37 @@ def test_options_after_the_first_argument_are_keyword_only(factory, first) -> No
 
 @pytest.mark.parametrize(
     ("factory", "kwargs", "name"),
-    [(muon, {"learning_rate": None}, "learning_rate"),
-     (muon, {"learning_rate": float("nan")}, "learning_rate"),
-     (muon, {"learning_rate": "0.02"}, "learning_rate"),
-     (muon, {"learning_rate": -0.1}, "learning_rate"),
-     (muon, {"learning_rate": 0.1, "adam_learning_rate": float("inf")}, "adam_learning_rate"),
-     (muon, {"learning_rate": 0.1, "beta": None}, "beta"),
-     (muon, {"learning_rate": 0.1, "beta": "0.9"}, "beta"),
-     (muon, {"learning_rate": 0.1, "beta": float("nan")}, "beta"),
-     (muon, {"learning_rate": 0.1, "beta": True}, "beta"),
-     (muon, {"learning_rate": 0.1, "weight_decay": None}, "weight_decay"),
-     (muon, {"learning_rate": 0.1, "weight_decay": float("nan")}, "weight_decay"),
-     (muon, {"learning_rate": 0.1, "adam_b1": None}, "adam_b1"),
-     (muon, {"learning_rate": 0.1, "adam_b2": "0.95"}, "adam_b2"),
-     (muon, {"learning_rate": 0.1, "adam_eps": float("nan")}, "adam_eps"),
-     (muon, {"learning_rate": 0.1, "adam_eps": "1e-8"}, "adam_eps"),
-     (muon, {"learning_rate": 0.1, "adam_weight_decay": -1.0}, "adam_weight_decay"),
-     (muon, {"learning_rate": 0.1, "nesterov": None}, "nesterov"),
-     (muon, {"learning_rate": 0.1, "method": None}, "method"),
-     (muon, {"learning_rate": 0.1, "steps": True}, "steps"),
-     (muon, {"learning_rate": 0.1, "scale": 2.0}, "scale"),
-     (muon, {"learning_rate": 0.1, "mu_dtype": "int8"}, "mu_dtype"),
-     (muon, {"learning_rate": 0.1, "compute_dtype": jnp.int32}, "compute_dtype"),
-     (muon, {"learning_rate": 0.1, "coefficients": [(1.0, 2.0)]}, "coefficients"),
-     (scale_by_muon, {"beta": None}, "beta"),
-     (scale_by_muon, {"beta": float("nan")}, "beta"),
-     (scale_by_muon, {"coefficients": [(1.0, float("nan"), 0.0)]}, "coefficients"),
-     (orthogonalize_muon, {"method": 3}, "method"),
-     (orthogonalize_muon, {"steps": 0}, "steps"),
-     (orthogonalize_muon, {"compute_dtype": "complex64"}, "compute_dtype")],
+    [
+        (muon, {"learning_rate": None}, "learning_rate"),
+        (muon, {"learning_rate": float("nan")}, "learning_rate"),
+        (muon, {"learning_rate": "0.02"}, "learning_rate"),
+        (muon, {"learning_rate": -0.1}, "learning_rate"),
+        (muon, {"learning_rate": 0.1, "adam_learning_rate": float("inf")}, "adam_learning_rate"),
+        (muon, {"learning_rate": 0.1, "beta": None}, "beta"),
+        (muon, {"learning_rate": 0.1, "beta": "0.9"}, "beta"),
+        (muon, {"learning_rate": 0.1, "beta": float("nan")}, "beta"),
+        (muon, {"learning_rate": 0.1, "beta": True}, "beta"),
+        (muon, {"learning_rate": 0.1, "weight_decay": None}, "weight_decay"),
+        (muon, {"learning_rate": 0.1, "weight_decay": float("nan")}, "weight_decay"),
+        (muon, {"learning_rate": 0.1, "adam_b1": None}, "adam_b1"),
+        (muon, {"learning_rate": 0.1, "adam_b2": "0.95"}, "adam_b2"),
+        (muon, {"learning_rate": 0.1, "adam_eps": float("nan")}, "adam_eps"),
+        (muon, {"learning_rate": 0.1, "adam_eps": "1e-8"}, "adam_eps"),
+        (muon, {"learning_rate": 0.1, "adam_weight_decay": -1.0}, "adam_weight_decay"),
+        (muon, {"learning_rate": 0.1, "nesterov": None}, "nesterov"),
+        (muon, {"learning_rate": 0.1, "method": None}, "method"),
+        (muon, {"learning_rate": 0.1, "steps": True}, "steps"),
+        (muon, {"learning_rate": 0.1, "scale": 2.0}, "scale"),
+        (muon, {"learning_rate": 0.1, "mu_dtype": "int8"}, "mu_dtype"),
+        (muon, {"learning_rate": 0.1, "compute_dtype": jnp.int32}, "compute_dtype"),
+        (muon, {"learning_rate": 0.1, "coefficients": [(1.0, 2.0)]}, "coefficients"),
+        (scale_by_muon, {"beta": None}, "beta"),
+        (scale_by_muon, {"beta": float("nan")}, "beta"),
+        (scale_by_muon, {"coefficients": [(1.0, float("nan"), 0.0)]}, "coefficients"),
+        (orthogonalize_muon, {"method": 3}, "method"),
+        (orthogonalize_muon, {"steps": 0}, "steps"),
+        (orthogonalize_muon, {"compute_dtype": "complex64"}, "compute_dtype"),
+    ],
 )
 def test_every_hyperparameter_is_validated_at_construction(factory, kwargs, name) -> None:
     with pytest.raises(ValueError, match=rf"^{name}\b"):
@@ -532,8 +562,11 @@ def test_every_hyperparameter_is_validated_at_construction(factory, kwargs, name
 
 @pytest.mark.parametrize("name", list(PUBLIC_TRANSFORMS))
 def test_inject_hyperparams_with_defaults_and_unknown_extra_args(name) -> None:
-    factory = {"muon": muon, "scale_by_muon": scale_by_muon,
-               "orthogonalize_muon": orthogonalize_muon}[name]
+    factory = {
+        "muon": muon,
+        "scale_by_muon": scale_by_muon,
+        "orthogonalize_muon": orthogonalize_muon,
+    }[name]
     kwargs = {"learning_rate": 0.02} if name == "muon" else {}
     params = _params_for(name)
     grads = {k: v for k, v in random_tree(22, {"w": (4, 8), "b": (8,)}).items() if k in params}

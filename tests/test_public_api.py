@@ -9,10 +9,21 @@ import pytest
 import optlab
 
 DOCUMENTED = [
-    "muon", "scale_by_muon", "orthogonalize_muon", "muon_labels", "MuonDimensionNumbers",
-    "shampoo", "scale_by_shampoo", "ShampooState",
-    "sam", "sam_perturb", "sam_perturbation", "SAMPerturbState",
-    "analysis", "lab", "linalg",
+    "muon",
+    "scale_by_muon",
+    "orthogonalize_muon",
+    "muon_labels",
+    "MuonDimensionNumbers",
+    "shampoo",
+    "scale_by_shampoo",
+    "ShampooState",
+    "sam",
+    "sam_perturb",
+    "sam_perturbation",
+    "SAMPerturbState",
+    "analysis",
+    "lab",
+    "linalg",
 ]
 
 
@@ -22,8 +33,18 @@ def test_readme_names_are_exported(name):
     assert getattr(optlab, name) is not None
 
 
-@pytest.mark.parametrize("name", ["muon", "scale_by_muon", "orthogonalize_muon", "shampoo",
-                                  "scale_by_shampoo", "sam", "sam_perturb"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "muon",
+        "scale_by_muon",
+        "orthogonalize_muon",
+        "shampoo",
+        "scale_by_shampoo",
+        "sam",
+        "sam_perturb",
+    ],
+)
 def test_factories_are_functions_not_modules(name):
     assert callable(getattr(optlab, name))
 
@@ -41,6 +62,7 @@ def _modules_with_examples():
 @pytest.mark.parametrize("module_name", _modules_with_examples())
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(module_name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                             verbose=False)
+    result = doctest.testmod(
+        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"

@@ -174,8 +174,9 @@ def test_non_finite_gradient_is_skipped_with_zero_output_and_counted():
         bad = {**good, "w": good["w"].at[1].set(bad_value)}
         for p in (2, math.inf, 1.5):
             tx = sam_perturb(rho=0.1, p=p)
-            out, state = jax.jit(lambda g, tx=tx: tx.update(g, tx.init(params), params,
-                                                            grad_fn=grad_fn))(bad)
+            out, state = jax.jit(
+                lambda g, tx=tx: tx.update(g, tx.init(params), params, grad_fn=grad_fn)
+            )(bad)
             assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(out))
             assert isinstance(state, SkipNonFiniteState) and int(state.skipped_steps) == 1
 
@@ -186,8 +187,9 @@ def test_non_finite_gradient_is_skipped_with_zero_output_and_counted():
         u, new_state = update(bad, state)
         assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
         assert int(new_state.skipped_steps) == 1
-        for x, y in zip(jax.tree.leaves(new_state.inner), jax.tree.leaves(state.inner),
-                        strict=True):
+        for x, y in zip(
+            jax.tree.leaves(new_state.inner), jax.tree.leaves(state.inner), strict=True
+        ):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -200,14 +202,17 @@ def test_non_finite_gradient_at_the_perturbed_point_is_skipped_and_base_state_ke
 
     for opt in (sam(optax.sgd(0.1, momentum=0.9), rho=0.1), sam_perturb(rho=0.1)):
         state0 = opt.init(params)
-        state = jax.tree.map(lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                             state0)  # a non-trivial momentum to keep
+        state = jax.tree.map(
+            lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state0
+        )  # a non-trivial momentum to keep
         u, new_state = jax.jit(lambda g, s, opt=opt: opt.update(g, s, params, grad_fn=grad_fn))(
-            g, state)
+            g, state
+        )
         assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
         assert int(new_state.skipped_steps) == 1
-        for x, y in zip(jax.tree.leaves(new_state.inner), jax.tree.leaves(state.inner),
-                        strict=True):
+        for x, y in zip(
+            jax.tree.leaves(new_state.inner), jax.tree.leaves(state.inner), strict=True
+        ):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -458,8 +463,7 @@ def test_direction_and_radius_for_tiny_and_huge_gradients(magnitude, p, adaptive
     expected = _e_ref(g_given, rho, p, w32 if adaptive else None)
     np.testing.assert_allclose(np.asarray(e, np.float64), expected, rtol=1e-5, atol=1e-7 * rho)
     t = np.abs(w32) + 0.01 if adaptive else np.ones(12)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(e, np.float64) / t, ord=p), rho,
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(e, np.float64) / t, ord=p), rho, rtol=1e-5)
 
 
 def test_sam_step_after_a_huge_gradient_is_the_sam_step_of_its_direction():
@@ -493,7 +497,8 @@ def test_zero_size_leaves_get_zero_size_gradients():
     g = {"w": jnp.array([0.3, 0.4]), "empty": jnp.zeros((0, 3))}
     tx = sam_perturb(0.5)
     out, state = jax.jit(lambda g, s: tx.update(g, s, params, grad_fn=_identity_grad_fn))(
-        g, tx.init(params))
+        g, tx.init(params)
+    )
     assert out["empty"].shape == (0, 3) and int(state.skipped_steps) == 0
     np.testing.assert_allclose(np.asarray(out["w"]), [1.3, -1.6], rtol=1e-6)  # w + 0.5 g/|g|
 
@@ -520,8 +525,10 @@ def test_sam_under_inject_hyperparams_with_defaults_and_unknown_extra_args():
     plain = sam(base, rho=0.2)
     state = injected.init(w)
     assert {"rho", "p", "eta"} <= set(state.hyperparams)
-    u, state = jax.jit(lambda s: injected.update(jax.grad(loss)(w), s, w,
-                                                 grad_fn=jax.grad(loss), unknown_extra=1))(state)
-    ref, _ = plain.update(jax.grad(loss)(w), plain.init(w), w, grad_fn=jax.grad(loss),
-                          unknown_extra=1)
+    u, state = jax.jit(
+        lambda s: injected.update(jax.grad(loss)(w), s, w, grad_fn=jax.grad(loss), unknown_extra=1)
+    )(state)
+    ref, _ = plain.update(
+        jax.grad(loss)(w), plain.init(w), w, grad_fn=jax.grad(loss), unknown_extra=1
+    )
     np.testing.assert_allclose(np.asarray(u), np.asarray(ref), rtol=1e-6)

@@ -12,8 +12,13 @@ import pytest
 import optlab
 from optlab._src.shampoo import ShampooState, scale_by_shampoo, shampoo
 
-RAW = {"grafting": "none", "precondition_every": 1, "start_preconditioning_step": 0,
-       "root_method": "eigh", "eps_floor": 0.0}
+RAW = {
+    "grafting": "none",
+    "precondition_every": 1,
+    "start_preconditioning_step": 0,
+    "root_method": "eigh",
+    "eps_floor": 0.0,
+}
 
 
 def iroot(a, p, eps=1e-6):
@@ -134,8 +139,14 @@ def test_exponent_override_gives_shampoo_half():
 
 def test_vectors_and_scalars_use_the_diagonal_rule():
     rng = np.random.default_rng(8)
-    grads = [{"b": rng.standard_normal(5), "s": rng.standard_normal(()),
-              "col": rng.standard_normal((1, 4))} for _ in range(3)]
+    grads = [
+        {
+            "b": rng.standard_normal(5),
+            "s": rng.standard_normal(()),
+            "col": rng.standard_normal((1, 4)),
+        }
+        for _ in range(3)
+    ]
     outs, _ = run(scale_by_shampoo(beta2=0.9, **RAW), grads)
     v = {k: np.zeros(np.shape(x)) for k, x in grads[0].items()}
     for g, u in zip(grads, outs):
@@ -150,10 +161,13 @@ def test_grafting_takes_the_norm_per_block_and_the_direction_from_shampoo(grafti
     rng = np.random.default_rng(9)
     grads = [rng.standard_normal((6, 6)) for _ in range(3)]
     kw = {**RAW, "grafting": grafting, "block_size": 3}
-    outs, _ = run(scale_by_shampoo(beta2=1.0, graft_beta2=0.99, graft_eps=1e-8, **kw),
-                  [{"w": g} for g in grads])
-    raw, _ = run(scale_by_shampoo(beta2=1.0, **{**kw, "grafting": "none"}),
-                 [{"w": g} for g in grads])
+    outs, _ = run(
+        scale_by_shampoo(beta2=1.0, graft_beta2=0.99, graft_eps=1e-8, **kw),
+        [{"w": g} for g in grads],
+    )
+    raw, _ = run(
+        scale_by_shampoo(beta2=1.0, **{**kw, "grafting": "none"}), [{"w": g} for g in grads]
+    )
     acc = np.zeros((6, 6))
     for t, (g, u, r) in enumerate(zip(grads, outs, raw), start=1):
         if grafting == "sgd":
@@ -167,15 +181,21 @@ def test_grafting_takes_the_norm_per_block_and_the_direction_from_shampoo(grafti
             graft = g / (np.sqrt(nu) + 1e-8)
         for sl in [np.s_[:3, :3], np.s_[:3, 3:], np.s_[3:, :3], np.s_[3:, 3:]]:
             direction = r["w"][sl] / np.linalg.norm(r["w"][sl])
-            np.testing.assert_allclose(u["w"][sl], direction * np.linalg.norm(graft[sl]),
-                                       rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(
+                u["w"][sl], direction * np.linalg.norm(graft[sl]), rtol=1e-4, atol=1e-6
+            )
 
 
 def test_graft_alone_before_start_and_roots_reused_between_refreshes():
     rng = np.random.default_rng(10)
     grads = [{"w": rng.standard_normal((4, 5))} for _ in range(7)]
-    tx = scale_by_shampoo(beta2=1.0, grafting="sgd", precondition_every=3,
-                          start_preconditioning_step=2, root_method="eigh")
+    tx = scale_by_shampoo(
+        beta2=1.0,
+        grafting="sgd",
+        precondition_every=3,
+        start_preconditioning_step=2,
+        root_method="eigh",
+    )
     state = tx.init(grads[0])
     roots = []
     for t, g in enumerate(grads):
@@ -219,8 +239,10 @@ def test_overflowing_statistics_are_skipped_and_shampoo_continues(alias):
     # skipped (counted) and the run must continue exactly as if that gradient never came.
     rng = np.random.default_rng(16)
     params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}
-    grads = [jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
-                          params) for _ in range(6)]
+    grads = [
+        jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), params)
+        for _ in range(6)
+    ]
     huge = jax.tree.map(lambda g: g * 1e20, grads[0])
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(huge))
     kw = {"precondition_every": 2, "start_preconditioning_step": 1, "root_method": "eigh"}
@@ -242,8 +264,13 @@ def test_an_overflowing_graft_state_is_skipped():
     # AdaGrad grafting sums g^2 = 1e38: the sum overflows float32 at the 4th step while the
     # statistics (a moving average, beta2 = 0.5, entries 2e38) stay finite. That step and every
     # later one with such a gradient are skipped; a normal gradient then goes through.
-    tx = scale_by_shampoo(beta2=0.5, grafting="adagrad", precondition_every=1,
-                          start_preconditioning_step=0, root_method="eigh")
+    tx = scale_by_shampoo(
+        beta2=0.5,
+        grafting="adagrad",
+        precondition_every=1,
+        start_preconditioning_step=0,
+        root_method="eigh",
+    )
     huge = {"w": jnp.full((2, 2), 1e19), "b": jnp.full(2, 1e19)}
     state = tx.init(huge)
     update = jax.jit(tx.update)
@@ -303,12 +330,17 @@ def test_shampoo_optimizer_matches_its_chain_and_trains():
     # The same updates as the optax chain it stands for, step by step.
     chain = optax.chain(
         scale_by_shampoo(beta2=0.999, eps=1e-6, precondition_every=2, start_preconditioning_step=1),
-        optax.ema(0.9, debias=True), optax.add_decayed_weights(0.01),
-        optax.scale_by_learning_rate(0.1))
-    alias = shampoo(0.1, b1=0.9, weight_decay=0.01, precondition_every=2,
-                    start_preconditioning_step=1)
-    p = {"w": jnp.asarray(np.random.default_rng(15).standard_normal((6, 4)), jnp.float32),
-         "b": jnp.zeros(4)}
+        optax.ema(0.9, debias=True),
+        optax.add_decayed_weights(0.01),
+        optax.scale_by_learning_rate(0.1),
+    )
+    alias = shampoo(
+        0.1, b1=0.9, weight_decay=0.01, precondition_every=2, start_preconditioning_step=1
+    )
+    p = {
+        "w": jnp.asarray(np.random.default_rng(15).standard_normal((6, 4)), jnp.float32),
+        "b": jnp.zeros(4),
+    }
     sa, sc = alias.init(p), chain.init(p)
     for _ in range(4):
         g = jax.grad(loss)(p)
@@ -347,8 +379,10 @@ def test_extra_update_arguments_are_accepted_and_ignored(factory):
 
 def test_inject_hyperparams_with_the_defaults():
     params = {"w": jnp.ones((6, 4)), "b": jnp.ones(4)}
-    grads = {"w": jnp.asarray(np.random.default_rng(17).standard_normal((6, 4)), jnp.float32),
-             "b": jnp.full(4, 0.25)}
+    grads = {
+        "w": jnp.asarray(np.random.default_rng(17).standard_normal((6, 4)), jnp.float32),
+        "b": jnp.full(4, 0.25),
+    }
     tx = optax.inject_hyperparams(optlab.shampoo)(learning_rate=1e-3)
     # Numeric defaults are injected too; the step counts stay integers.
     assert tx.init(params).hyperparams["precondition_every"].dtype == jnp.int32
@@ -359,8 +393,9 @@ def test_inject_hyperparams_with_the_defaults():
     # 6e-5 relative (the EMA weights of the statistics, the graft and the momentum).
     chex.assert_trees_all_close(injected, plain, rtol=2e-4, atol=0.0)
     # Step counts are injectable: editing them takes effect without retracing.
-    tx = optax.inject_hyperparams(optlab.scale_by_shampoo)(precondition_every=5,
-                                                           start_preconditioning_step=0)
+    tx = optax.inject_hyperparams(optlab.scale_by_shampoo)(
+        precondition_every=5, start_preconditioning_step=0
+    )
     state = tx.init(params)
     state.hyperparams["precondition_every"] = jnp.asarray(1)
     update = jax.jit(tx.update)
@@ -378,7 +413,8 @@ def test_layout_options_under_inject_hyperparams_need_static_args():
     with pytest.raises(ValueError, match="static_args=\\('block_size',\\)"):
         optax.inject_hyperparams(optlab.shampoo)(learning_rate=1e-3, block_size=2).init(params)
     tx = optax.inject_hyperparams(optlab.shampoo, static_args=("block_size",))(
-        learning_rate=1e-3, block_size=2)
+        learning_rate=1e-3, block_size=2
+    )
     state = tx.init(params)
     _, state = jax.jit(tx.update)(params, state, params)
     assert state.inner_state.inner[0].stats.shape == ((6 // 2) * (4 // 2) * (4 + 4),)
@@ -395,14 +431,22 @@ def test_non_floating_parameters_are_rejected_at_init(dtype):
 def test_half_precision_parameters_keep_float32_statistics(dtype, unit_roundoff):
     rng = np.random.default_rng(18)
     # Gradients exactly representable in the half dtype: the float64 reference sees the same.
-    grads = [{"w": jnp.asarray(rng.standard_normal((6, 4)), dtype),
-              "b": jnp.asarray(rng.standard_normal(4), dtype)} for _ in range(3)]
+    grads = [
+        {
+            "w": jnp.asarray(rng.standard_normal((6, 4)), dtype),
+            "b": jnp.asarray(rng.standard_normal(4), dtype),
+        }
+        for _ in range(3)
+    ]
     params = {"w": jnp.zeros((6, 4), dtype), "b": jnp.zeros(4, dtype)}
     tx = scale_by_shampoo(**{**RAW, "grafting": "adam"}, beta2=1.0)
     outs, state = _shampoo_steps(tx, grads, params)
     assert state.inner.stats.dtype == jnp.float32
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.inner.graft)
-               if jnp.issubdtype(x.dtype, jnp.floating))
+    assert all(
+        x.dtype == jnp.float32
+        for x in jax.tree.leaves(state.inner.graft)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    )
     left, right, v = np.zeros((6, 6)), np.zeros((4, 4)), np.zeros(4)
     for g, u in zip(grads, outs):
         assert u["w"].dtype == dtype and u["b"].dtype == dtype
@@ -416,17 +460,23 @@ def test_half_precision_parameters_keep_float32_statistics(dtype, unit_roundoff)
         for out, ref in ((u["w"], ref_w), (u["b"], ref_b)):
             out = np.asarray(out, np.float64)
             assert rel(out / np.linalg.norm(out), ref / np.linalg.norm(ref)) < (
-                2 * unit_roundoff + 1e-4)
+                2 * unit_roundoff + 1e-4
+            )
 
 
 def test_zero_size_leaves_get_zero_size_updates():
     rng = np.random.default_rng(19)
     params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}
     empty = {"e": jnp.zeros((0, 4)), "v": jnp.zeros((0,)), "t": jnp.zeros((2, 0, 3))}
-    grads = [jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
-                          params) for _ in range(3)]
-    outs, state = _shampoo_steps(optlab.shampoo(0.1, precondition_every=1),
-                                 [{**g, **empty} for g in grads], {**params, **empty})
+    grads = [
+        jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), params)
+        for _ in range(3)
+    ]
+    outs, state = _shampoo_steps(
+        optlab.shampoo(0.1, precondition_every=1),
+        [{**g, **empty} for g in grads],
+        {**params, **empty},
+    )
     ref, _ = _shampoo_steps(optlab.shampoo(0.1, precondition_every=1), grads, params)
     for u, r in zip(outs, ref):
         for k, x in empty.items():
@@ -477,8 +527,9 @@ _BAD_VALUES = {
 }
 
 
-@pytest.mark.parametrize("name, value",
-                         [(n, v) for n, values in _BAD_VALUES.items() for v in values])
+@pytest.mark.parametrize(
+    "name, value", [(n, v) for n, values in _BAD_VALUES.items() for v in values]
+)
 def test_bad_arguments(name, value):
     with pytest.raises(ValueError, match=name):
         scale_by_shampoo(**{name: value})

@@ -96,8 +96,9 @@ def check_number(
     if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_array(value)):
         raise ValueError(f"{name} must be {accepted}, got {value!r}")
     arr = np.asarray(value)
-    if arr.shape != () or not (np.issubdtype(arr.dtype, np.integer)
-                               or np.issubdtype(arr.dtype, np.floating)):
+    if arr.shape != () or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
         raise ValueError(f"{name} must be a real scalar {accepted}, got {value!r}")
     v = float(arr)
     bad = (
@@ -262,8 +263,9 @@ def skip_nonfinite(
             new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
             # Updates keep the gradient's dtypes (the optax convention apply_if_finite relies on
             # too); the skip branch below can then be built without tracing inner twice.
-            new_updates = jax.tree.map(lambda n, u: n.astype(jnp.result_type(u)), new_updates,
-                                       updates)
+            new_updates = jax.tree.map(
+                lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates
+            )
             ok = jnp.logical_and(check_state(new_inner), tree_all_finite(new_updates))
             return new_updates, new_inner, ok
 

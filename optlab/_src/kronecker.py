@@ -163,9 +163,14 @@ class Layout:
     @functools.cached_property
     def diagonal_indices(self) -> np.ndarray:
         """Where the diagonals of all statistics and the vectors' statistics are in the buffer."""
-        parts = [g.offset + (np.arange(g.count)[:, None] * g.dim * g.dim
-                             + np.arange(g.dim)[None, :] * (g.dim + 1)).ravel()
-                 for g in self.groups]
+        parts = [
+            g.offset
+            + (
+                np.arange(g.count)[:, None] * g.dim * g.dim
+                + np.arange(g.dim)[None, :] * (g.dim + 1)
+            ).ravel()
+            for g in self.groups
+        ]
         parts.append(self.matrix_size + np.arange(self.vector_size))
         return np.concatenate(parts).astype(np.int32)
 
@@ -263,8 +268,8 @@ def make_layout(
     )
     leaves = tuple(
         LeafPlan(tuple(shape), merged, vector, empty, tuple(blocks), grid, uniform)
-        for shape, (merged, vector, empty, blocks, grid, uniform) in zip(shapes, plans,
-                                                                         strict=True))
+        for shape, (merged, vector, empty, blocks, grid, uniform) in zip(shapes, plans, strict=True)
+    )
     return Layout(leaves, kinds, tuple(groups), offset, tuple(vector_sizes))
 
 
@@ -315,8 +320,11 @@ def to_blocks(leaves: Sequence[jax.Array], layout: Layout, dtype) -> Blocks:
             # Positions within a kind follow leaf order, then block order: appending keeps them.
             for block in plan.blocks:
                 shape = layout.kinds[block.kind].shape
-                pieces[block.kind].append(jax.lax.slice(
-                    x, block.starts, tuple(s + n for s, n in zip(block.starts, shape)))[None])
+                pieces[block.kind].append(
+                    jax.lax.slice(
+                        x, block.starts, tuple(s + n for s, n in zip(block.starts, shape))
+                    )[None]
+                )
     stacks = tuple(p[0] if len(p) == 1 else jnp.concatenate(p) for p in pieces)
     vector = None if not vectors else vectors[0] if len(vectors) == 1 else jnp.concatenate(vectors)
     return Blocks(stacks, vector)
@@ -340,14 +348,16 @@ def from_blocks(blocks: Blocks, layout: Layout, like: Sequence[jax.Array]) -> li
             kind = layout.kinds[first.kind]
             stack = blocks.stacks[first.kind]
             if len(plan.blocks) < kind.count:
-                stack = jax.lax.slice_in_dim(stack, first.position,
-                                             first.position + len(plan.blocks))
+                stack = jax.lax.slice_in_dim(
+                    stack, first.position, first.position + len(plan.blocks)
+                )
             x = _blocks_to_leaf(stack, plan, kind.shape)
         else:
             x = jnp.zeros(plan.merged, blocks.stacks[plan.blocks[0].kind].dtype)
             for block in plan.blocks:
-                x = jax.lax.dynamic_update_slice(x, blocks.stacks[block.kind][block.position],
-                                                 block.starts)
+                x = jax.lax.dynamic_update_slice(
+                    x, blocks.stacks[block.kind][block.position], block.starts
+                )
         out.append(x.reshape(plan.shape).astype(dtype))
     return out
 
@@ -355,7 +365,8 @@ def from_blocks(blocks: Blocks, layout: Layout, like: Sequence[jax.Array]) -> li
 # -- buffers ---------------------------------------------------------------------------------------
 def _group_view(buffer: jax.Array, group: Group) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(buffer, group.offset, group.size).reshape(
-        group.count, group.dim, group.dim)
+        group.count, group.dim, group.dim
+    )
 
 
 def group_stacks(buffer: jax.Array, layout: Layout) -> tuple[jax.Array, ...]:
@@ -374,13 +385,16 @@ def kind_factors(factors: jax.Array, layout: Layout, kind: int, axis: int) -> ja
     g = layout.groups[k.axis_groups[axis]]
     start = g.offset + k.axis_offsets[axis] * g.dim * g.dim
     return jax.lax.dynamic_slice_in_dim(factors, start, k.count * g.dim * g.dim).reshape(
-        k.count, g.dim, g.dim)
+        k.count, g.dim, g.dim
+    )
 
 
 def identity_factors(layout: Layout, dtype=jnp.float32) -> jax.Array:
     """A factors buffer holding ``I`` for every statistic."""
-    parts = [jnp.broadcast_to(jnp.eye(g.dim, dtype=dtype), (g.count, g.dim, g.dim)).ravel()
-             for g in layout.groups]
+    parts = [
+        jnp.broadcast_to(jnp.eye(g.dim, dtype=dtype), (g.count, g.dim, g.dim)).ravel()
+        for g in layout.groups
+    ]
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
 
 
@@ -441,11 +455,13 @@ def accumulate(buffer: jax.Array, new: Statistics, layout: Layout, beta2) -> jax
     for group, contribution in zip(layout.groups, new.groups, strict=True):
         old = _group_view(buffer, group)
         out = jax.lax.dynamic_update_slice_in_dim(
-            out, (decay * old + weight * contribution).ravel(), group.offset, 0)
+            out, (decay * old + weight * contribution).ravel(), group.offset, 0
+        )
     if new.diagonal is not None:
         old = diagonal_statistics(buffer, layout)
-        out = jax.lax.dynamic_update_slice_in_dim(out, decay * old + weight * new.diagonal,
-                                                  layout.matrix_size, 0)
+        out = jax.lax.dynamic_update_slice_in_dim(
+            out, decay * old + weight * new.diagonal, layout.matrix_size, 0
+        )
     return out
 
 
@@ -455,8 +471,9 @@ def accumulate(buffer: jax.Array, new: Statistics, layout: Layout, beta2) -> jax
 RefreshFn = Callable[[jax.Array, Group], tuple[jax.Array, jax.Array]]
 
 
-def refresh(stats: jax.Array, factors: jax.Array, layout: Layout,
-            refresh_fn: RefreshFn) -> tuple[jax.Array, jax.Array]:
+def refresh(
+    stats: jax.Array, factors: jax.Array, layout: Layout, refresh_fn: RefreshFn
+) -> tuple[jax.Array, jax.Array]:
     """New factors for every group, one batched ``refresh_fn`` call per group.
 
     Returns the new factors buffer (a rejected factor keeps its previous value) and the int32
@@ -468,8 +485,9 @@ def refresh(stats: jax.Array, factors: jax.Array, layout: Layout,
         candidate, ok = refresh_fn(after(_group_view(stats, group), previous), group)
         previous = candidate
         kept = jnp.where(ok[:, None, None], candidate, _group_view(factors, group))
-        out = jax.lax.dynamic_update_slice_in_dim(out, kept.ravel().astype(out.dtype),
-                                                  group.offset, 0)
+        out = jax.lax.dynamic_update_slice_in_dim(
+            out, kept.ravel().astype(out.dtype), group.offset, 0
+        )
         rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
     return out, rejected
 
@@ -480,8 +498,9 @@ def inverse_roots(*, eps, eps_floor, method: str, threshold) -> RefreshFn:
     (never when it is not finite)."""
 
     def refresh_fn(stats: jax.Array, group: Group) -> tuple[jax.Array, jax.Array]:
-        new = linalg.inverse_root(stats, group.p, eps=eps, eps_floor=eps_floor, method=method,
-                                  return_error=True)
+        new = linalg.inverse_root(
+            stats, group.p, eps=eps, eps_floor=eps_floor, method=method, return_error=True
+        )
         return new.root, new.error <= threshold  # False for NaN / inf
 
     return refresh_fn
@@ -497,8 +516,9 @@ def _mode_product(x: jax.Array, factor: jax.Array, axis: int, transpose: bool) -
     return jnp.moveaxis(out.reshape(moved.shape), -1, axis + 1)
 
 
-def mode_products(stacks: Sequence[jax.Array], factors: jax.Array, layout: Layout, *,
-                  transpose: bool = False) -> tuple[jax.Array, ...]:
+def mode_products(
+    stacks: Sequence[jax.Array], factors: jax.Array, layout: Layout, *, transpose: bool = False
+) -> tuple[jax.Array, ...]:
     """Every stacked block ``X`` times its factor along each preconditioned axis:
     ``X \\times_1 F_1 ... \\times_k F_k`` (``F_a^T`` with ``transpose``). Shampoo applies its
     symmetric roots (either form); SOAP rotates into the eigenbasis with ``transpose`` and back
@@ -512,8 +532,9 @@ def mode_products(stacks: Sequence[jax.Array], factors: jax.Array, layout: Layou
     return tuple(out)
 
 
-def diagonal_root(vector: jax.Array | None, diagonal: jax.Array, layout: Layout, *, eps,
-                  eps_floor, p: int) -> jax.Array | None:
+def diagonal_root(
+    vector: jax.Array | None, diagonal: jax.Array, layout: Layout, *, eps, eps_floor, p: int
+) -> jax.Array | None:
     """The diagonal rule for vector leaves: ``g * (v + r)^{-1/p}`` with the ridge
     ``r = eps * max(v) + eps_floor`` per leaf (the matrices' relative ridge, for a diagonal)."""
     if vector is None:
@@ -537,15 +558,18 @@ def _block_norms(x: jax.Array) -> jax.Array:
 def graft(direction: Blocks, reference: Blocks, layout: Layout) -> Blocks:
     """``direction * ||reference|| / ||direction||``: the direction of each block (of each vector
     leaf) with the norm of the grafted optimizer's update of the same block (leaf)."""
-    stacks = tuple(d * graft_ratio(_block_norms(d), _block_norms(r))
-                   for d, r in zip(direction.stacks, reference.stacks, strict=True))
+    stacks = tuple(
+        d * graft_ratio(_block_norms(d), _block_norms(r))
+        for d, r in zip(direction.stacks, reference.stacks, strict=True)
+    )
     vector = direction.vector
     if vector is not None:
         segments, count = jnp.asarray(layout.segments), len(layout.vector_sizes)
 
         def norms(x):
-            return jnp.sqrt(jax.ops.segment_sum(jnp.square(x), segments, count,
-                                                indices_are_sorted=True))
+            return jnp.sqrt(
+                jax.ops.segment_sum(jnp.square(x), segments, count, indices_are_sorted=True)
+            )
 
         vector = vector * graft_ratio(norms(vector), norms(reference.vector))[segments]
     return Blocks(stacks, vector)

@@ -126,10 +126,26 @@ RMS_MATCH = 0.2
 #: sends to AdamW: embeddings, output heads, and biases (``nnx.MultiHeadAttention`` has 2-D
 #: ``[heads, head_dim]`` biases, which are not weight matrices).
 MUON_EXCLUDED_NAMES = (
-    "embed", "embedding", "embeddings", "embedder", "pos_embed", "pos_embedding",
-    "position_embedding", "position_embeddings", "token_embed", "token_embedding",
-    "tok_embeddings", "wte", "wpe", "unembed", "unembedding",
-    "head", "lm_head", "logits", "output", "classifier",
+    "embed",
+    "embedding",
+    "embeddings",
+    "embedder",
+    "pos_embed",
+    "pos_embedding",
+    "position_embedding",
+    "position_embeddings",
+    "token_embed",
+    "token_embedding",
+    "tok_embeddings",
+    "wte",
+    "wpe",
+    "unembed",
+    "unembedding",
+    "head",
+    "lm_head",
+    "logits",
+    "output",
+    "classifier",
     "bias",
 )
 
@@ -173,13 +189,17 @@ def _check_steps(steps: Any) -> None:
         check_int("steps", steps, 1, allow_none=True)
     except ValueError as err:
         # The usual way to get here with a valid number: inject_hyperparams traced it.
-        raise ValueError(f"{err} (the method's default when None); under "
-                         "optax.inject_hyperparams pass static_args=('steps',)") from None
+        raise ValueError(
+            f"{err} (the method's default when None); under "
+            "optax.inject_hyperparams pass static_args=('steps',)"
+        ) from None
 
 
 def _check_coefficients(coefficients: Any, steps: int | None) -> None:
-    accepted = ("coefficients must be None, 'newton_schulz', 'polar_express' or a non-empty "
-                "sequence of finite (a, b, c) triples")
+    accepted = (
+        "coefficients must be None, 'newton_schulz', 'polar_express' or a non-empty "
+        "sequence of finite (a, b, c) triples"
+    )
     if coefficients is None:
         return
     if isinstance(coefficients, str):
@@ -189,8 +209,11 @@ def _check_coefficients(coefficients: Any, steps: int | None) -> None:
         triples = [tuple(float(v) for v in c) for c in coefficients]
     except (TypeError, ValueError):
         triples = []
-    if (not triples or any(len(t) != 3 for t in triples)
-            or not all(math.isfinite(v) for t in triples for v in t)):
+    if (
+        not triples
+        or any(len(t) != 3 for t in triples)
+        or not all(math.isfinite(v) for t in triples for v in t)
+    ):
         raise ValueError(f"{accepted}, got {coefficients!r}")
     if steps is not None and steps != len(triples):
         raise ValueError(f"steps={steps} does not match the {len(triples)} coefficient triples")
@@ -201,15 +224,17 @@ def _check_scale(scale: Any) -> None:
         return
     raise ValueError(
         f"scale must be one of {MUON_SCALES}, None or a callable (fan_in, fan_out) -> float, "
-        f"got {scale!r}")
+        f"got {scale!r}"
+    )
 
 
 def _check_beta(name: str, value: Any) -> None:
     check_number(name, value, low=0.0, high=1.0, high_open=True)
 
 
-def _check_orthogonalization(method: Any, steps: Any, coefficients: Any,
-                             compute_dtype: Any) -> None:
+def _check_orthogonalization(
+    method: Any, steps: Any, coefficients: Any, compute_dtype: Any
+) -> None:
     _check_method(method)
     _check_steps(steps)
     _check_coefficients(coefficients, steps)
@@ -238,8 +263,12 @@ def _default_dimension_numbers(path: Sequence[Any], shape: tuple[int, ...]) -> M
     if ndim == 2:
         return MuonDimensionNumbers(0, 1)
     names = [n.lower() for n in _path_names(path)]
-    if (ndim == 3 and len(names) >= 2 and "kernel" in names[-2:]
-            and any(n in _ATTENTION_PROJECTIONS for n in names[-3:])):
+    if (
+        ndim == 3
+        and len(names) >= 2
+        and "kernel" in names[-2:]
+        and any(n in _ATTENTION_PROJECTIONS for n in names[-3:])
+    ):
         # nnx.MultiHeadAttention's query/key/value kernels: [in, heads, head_dim].
         return MuonDimensionNumbers(0, (1, 2))
     # Flax convolution kernel [*spatial, in, out].
@@ -289,14 +318,17 @@ def _make_plan(path: Sequence[Any], shape: tuple[int, ...], spec: Any) -> _Plan:
         raise ValueError(
             f"Muon got {where} (rank {len(shape)} < 2): Muon orthogonalizes matrices and kernels "
             "of rank >= 2 only. Send such leaves to another optimizer: optlab.muon does it via "
-            "its labels (see optlab.muon_labels), or use optax.partition around scale_by_muon.")
+            "its labels (see optlab.muon_labels), or use optax.partition around scale_by_muon."
+        )
     if callable(spec) and not _is_dimension_numbers(spec):
         spec = spec(jax.ShapeDtypeStruct(shape, jnp.float32))
     if spec is None:
         spec = _default_dimension_numbers(path, shape)
     if not _is_dimension_numbers(spec):
-        raise ValueError(f"dimension_numbers for {where} must be a MuonDimensionNumbers, None or "
-                         f"a callable returning one, got {spec!r}")
+        raise ValueError(
+            f"dimension_numbers for {where} must be a MuonDimensionNumbers, None or "
+            f"a callable returning one, got {spec!r}"
+        )
     ndim = len(shape)
     red = _normalize_axes(spec.reduction_axis, ndim, "reduction_axis", where)
     out = _normalize_axes(spec.output_axis, ndim, "output_axis", where)
@@ -335,19 +367,24 @@ def _leaf_specs(dimension_numbers: Any, updates: Params, n_leaves: int) -> list[
     boxed = jax.tree.map(_Box, dn, is_leaf=is_spec)
     try:
         broadcast = jax.tree.map(
-            lambda box, sub: jax.tree.map(lambda _: box, sub), boxed, updates,
-            is_leaf=lambda x: isinstance(x, _Box))
+            lambda box, sub: jax.tree.map(lambda _: box, sub),
+            boxed,
+            updates,
+            is_leaf=lambda x: isinstance(x, _Box),
+        )
     except (ValueError, TypeError) as err:
         raise ValueError(
             "dimension_numbers must be None, a MuonDimensionNumbers, a callable, or a pytree of "
-            f"those that is a prefix of the updates' tree ({err})") from None
+            f"those that is a prefix of the updates' tree ({err})"
+        ) from None
     specs = [b.spec for b in jax.tree.leaves(broadcast, is_leaf=lambda x: isinstance(x, _Box))]
     assert len(specs) == n_leaves
     return specs
 
 
-def resolve_method(method: str, shape: Sequence[int], dtype: Any = jnp.float32,
-                   compute_dtype: Any = None) -> str:
+def resolve_method(
+    method: str, shape: Sequence[int], dtype: Any = jnp.float32, compute_dtype: Any = None
+) -> str:
     """The :func:`optlab.linalg.orthogonalize` method Muon runs for a ``shape[-2:]`` matrix.
 
     ``"auto"`` always iterates with Polar Express coefficients (Amsel et al. 2025; see
@@ -419,8 +456,10 @@ def _orthogonalize_tree(
     if out_dtypes is None:
         out_dtypes = [jnp.result_type(x) for _, x in leaves_with_path]
     specs = _leaf_specs(dimension_numbers, updates, len(leaves_with_path))
-    plans = [_make_plan(path, tuple(jnp.shape(x)), spec)
-             for (path, x), spec in zip(leaves_with_path, specs, strict=True)]
+    plans = [
+        _make_plan(path, tuple(jnp.shape(x)), spec)
+        for (path, x), spec in zip(leaves_with_path, specs, strict=True)
+    ]
 
     # Group the leaves' matrices by (wide shape, dtype, method): one orthogonalize call each.
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -446,14 +485,19 @@ def _orthogonalize_tree(
         stacked = group[0] if len(group) == 1 else jnp.concatenate(group, axis=0)
         if leaf_method == "svd":  # one LAPACK call after the other (linalg._ordering)
             stacked = after(stacked, previous_svd)
-        ortho = orthogonalize(stacked, method=leaf_method, steps=steps,
-                              coefficients=leaf_coefficients, compute_dtype=compute_dtype)
+        ortho = orthogonalize(
+            stacked,
+            method=leaf_method,
+            steps=steps,
+            coefficients=leaf_coefficients,
+            compute_dtype=compute_dtype,
+        )
         if leaf_method == "svd":
             previous_svd = ortho
         offset = 0
         for i, mat in zip(members, group, strict=True):
             n = mat.shape[0]
-            outs[i] = ortho[offset:offset + n] if len(members) > 1 else ortho
+            outs[i] = ortho[offset : offset + n] if len(members) > 1 else ortho
             offset += n
 
     new_leaves = []
@@ -482,21 +526,29 @@ def _checked_init(init: Callable[[Params], Any], transform: str) -> Callable[[Pa
     return init_fn
 
 
-def _orthogonalize_muon_raw(method: str, steps: int | None, dimension_numbers: Any,
-                            compute_dtype: Any, coefficients: Any) -> optax.GradientTransformation:
+def _orthogonalize_muon_raw(
+    method: str, steps: int | None, dimension_numbers: Any, compute_dtype: Any, coefficients: Any
+) -> optax.GradientTransformation:
     def init_fn(params: Params) -> optax.EmptyState:
         del params
         return optax.EmptyState()
 
     def update_fn(updates: optax.Updates, state: optax.EmptyState, params: Params = None):
         del params
-        new = _orthogonalize_tree(updates, method=method, steps=steps, coefficients=coefficients,
-                                  dimension_numbers=dimension_numbers,
-                                  compute_dtype=compute_dtype, scale=None)
+        new = _orthogonalize_tree(
+            updates,
+            method=method,
+            steps=steps,
+            coefficients=coefficients,
+            dimension_numbers=dimension_numbers,
+            compute_dtype=compute_dtype,
+            scale=None,
+        )
         return new, state
 
     return optax.GradientTransformation(
-        _checked_init(init_fn, "optlab.orthogonalize_muon"), update_fn)
+        _checked_init(init_fn, "optlab.orthogonalize_muon"), update_fn
+    )
 
 
 def orthogonalize_muon(
@@ -553,13 +605,22 @@ def orthogonalize_muon(
       True
     """
     _check_orthogonalization(method, steps, coefficients, compute_dtype)
-    return skip_nonfinite(_orthogonalize_muon_raw(method, steps, dimension_numbers,
-                                                  compute_dtype, coefficients))
+    return skip_nonfinite(
+        _orthogonalize_muon_raw(method, steps, dimension_numbers, compute_dtype, coefficients)
+    )
 
 
-def _scale_by_muon_raw(beta: Any, nesterov: bool, method: str, steps: int | None, scale: Any,
-                       mu_dtype: Any, compute_dtype: Any, dimension_numbers: Any,
-                       coefficients: Any) -> optax.GradientTransformation:
+def _scale_by_muon_raw(
+    beta: Any,
+    nesterov: bool,
+    method: str,
+    steps: int | None,
+    scale: Any,
+    mu_dtype: Any,
+    compute_dtype: Any,
+    dimension_numbers: Any,
+    coefficients: Any,
+) -> optax.GradientTransformation:
     """:func:`scale_by_muon` without the NaN/Inf guard (for :func:`muon`, which guards once)."""
 
     def init_fn(params: Params) -> ScaleByMuonState:
@@ -573,17 +634,32 @@ def _scale_by_muon_raw(beta: Any, nesterov: bool, method: str, steps: int | None
         # The direction keeps the momentum's precision (e.g. a float32 mu_dtype with bfloat16
         # gradients) until the iteration; only the output comes back in the gradient's dtype.
         out_dtypes = [jnp.result_type(g) for g in jax.tree.leaves(updates)]
-        new = _orthogonalize_tree(direction, method=method, steps=steps,
-                                  coefficients=coefficients, dimension_numbers=dimension_numbers,
-                                  compute_dtype=compute_dtype, scale=scale, out_dtypes=out_dtypes)
+        new = _orthogonalize_tree(
+            direction,
+            method=method,
+            steps=steps,
+            coefficients=coefficients,
+            dimension_numbers=dimension_numbers,
+            compute_dtype=compute_dtype,
+            scale=scale,
+            out_dtypes=out_dtypes,
+        )
         count = optax.safe_increment(state.count)
         return new, ScaleByMuonState(count=count, mu=trace_state.trace)
 
     return optax.GradientTransformation(_checked_init(init_fn, "optlab.scale_by_muon"), update_fn)
 
 
-def _check_scale_by_muon(beta: Any, nesterov: Any, method: Any, steps: Any, scale: Any,
-                         mu_dtype: Any, compute_dtype: Any, coefficients: Any) -> None:
+def _check_scale_by_muon(
+    beta: Any,
+    nesterov: Any,
+    method: Any,
+    steps: Any,
+    scale: Any,
+    mu_dtype: Any,
+    compute_dtype: Any,
+    coefficients: Any,
+) -> None:
     _check_beta("beta", beta)
     check_bool("nesterov", nesterov)
     _check_orthogonalization(method, steps, coefficients, compute_dtype)
@@ -651,10 +727,22 @@ def scale_by_muon(
       >>> updates, state = tx.update(jax.grad(loss)(params), tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    _check_scale_by_muon(beta, nesterov, method, steps, scale, mu_dtype, compute_dtype,
-                         coefficients)
-    return skip_nonfinite(_scale_by_muon_raw(beta, nesterov, method, steps, scale, mu_dtype,
-                                             compute_dtype, dimension_numbers, coefficients))
+    _check_scale_by_muon(
+        beta, nesterov, method, steps, scale, mu_dtype, compute_dtype, coefficients
+    )
+    return skip_nonfinite(
+        _scale_by_muon_raw(
+            beta,
+            nesterov,
+            method,
+            steps,
+            scale,
+            mu_dtype,
+            compute_dtype,
+            dimension_numbers,
+            coefficients,
+        )
+    )
 
 
 # -- labels ----------------------------------------------------------------------------------------
@@ -803,8 +891,9 @@ def muon(
     _check_beta("adam_b2", adam_b2)
     check_number("adam_eps", adam_eps, low=0.0)
     check_number("adam_weight_decay", adam_weight_decay, low=0.0)
-    _check_scale_by_muon(beta, nesterov, method, steps, scale, mu_dtype, compute_dtype,
-                         coefficients)
+    _check_scale_by_muon(
+        beta, nesterov, method, steps, scale, mu_dtype, compute_dtype, coefficients
+    )
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
     param_labels = muon_labels if labels is None else labels
@@ -812,16 +901,32 @@ def muon(
     tx = optax.partition(
         {
             "muon": optax.chain(
-                _scale_by_muon_raw(beta, nesterov, method, steps, scale, mu_dtype,
-                                   compute_dtype, dimension_numbers, coefficients),
+                _scale_by_muon_raw(
+                    beta,
+                    nesterov,
+                    method,
+                    steps,
+                    scale,
+                    mu_dtype,
+                    compute_dtype,
+                    dimension_numbers,
+                    coefficients,
+                ),
                 optax.add_decayed_weights(weight_decay),
                 optax.scale_by_learning_rate(learning_rate),
             ),
-            "adam": optax.adamw(learning_rate=adam_learning_rate, b1=adam_b1, b2=adam_b2,
-                                eps=adam_eps, weight_decay=adam_weight_decay, mu_dtype=mu_dtype),
+            "adam": optax.adamw(
+                learning_rate=adam_learning_rate,
+                b1=adam_b1,
+                b2=adam_b2,
+                eps=adam_eps,
+                weight_decay=adam_weight_decay,
+                mu_dtype=mu_dtype,
+            ),
         },
         param_labels,
     )
+
     def update_fn(updates: optax.Updates, state: optax.OptState, params: Params = None):
         # AdamW with a wider mu_dtype (float32 moments of bfloat16 parameters) computes its
         # update in that dtype; the alias hands back updates in the gradient's dtype.
@@ -830,4 +935,5 @@ def muon(
         return new_updates, new_state
 
     return skip_nonfinite(
-        optax.GradientTransformation(_checked_init(tx.init, "optlab.muon"), update_fn))
+        optax.GradientTransformation(_checked_init(tx.init, "optlab.muon"), update_fn)
+    )

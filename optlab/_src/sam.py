@@ -129,9 +129,15 @@ def _e_hat(g: Params, rho: Numeric, p: Numeric, p_static: float | None) -> tuple
     return jax.tree.unflatten(treedef, out), ok
 
 
-def _perturbation(grads: Params, params: Params | None, rho: Numeric, p: Numeric,
-                  p_static: float | None, adaptive: bool, eta: Numeric
-                  ) -> tuple[Params, jax.Array]:
+def _perturbation(
+    grads: Params,
+    params: Params | None,
+    rho: Numeric,
+    p: Numeric,
+    p_static: float | None,
+    adaptive: bool,
+    eta: Numeric,
+) -> tuple[Params, jax.Array]:
     if not adaptive:
         return _e_hat(grads, rho, p, p_static)
     if params is None:
@@ -181,8 +187,9 @@ def sam_perturbation(
     return _perturbation(grads, params, rho, p, p_static, adaptive, eta)
 
 
-def _sam_perturb_raw(rho: Numeric, p: Numeric, adaptive: bool, eta: Numeric,
-                     transform: str) -> optax.GradientTransformationExtraArgs:
+def _sam_perturb_raw(
+    rho: Numeric, p: Numeric, adaptive: bool, eta: Numeric, transform: str
+) -> optax.GradientTransformationExtraArgs:
     """The perturbation without the NaN/Inf guard (:func:`sam_perturb` and :func:`sam` add it,
     once around everything)."""
     p_static = _check_hyperparams(rho, p, eta)
@@ -353,11 +360,18 @@ def sam(
       >>> [round(x, 4) for x in optax.apply_updates(w, u).tolist()]
       [0.2058, 0.2058, 0.2058]
     """
-    if not (isinstance(base_optimizer, optax.GradientTransformation)
-            or (callable(getattr(base_optimizer, "init", None))
-                and callable(getattr(base_optimizer, "update", None)))):
-        raise ValueError("base_optimizer must be an optax.GradientTransformation (e.g. "
-                         f"optax.sgd(0.1)), got {base_optimizer!r}")
+    if not (
+        isinstance(base_optimizer, optax.GradientTransformation)
+        or (
+            callable(getattr(base_optimizer, "init", None))
+            and callable(getattr(base_optimizer, "update", None))
+        )
+    ):
+        raise ValueError(
+            "base_optimizer must be an optax.GradientTransformation (e.g. "
+            f"optax.sgd(0.1)), got {base_optimizer!r}"
+        )
     check_bool("adaptive", adaptive)
     return skip_nonfinite(
-        optax.chain(_sam_perturb_raw(rho, p, adaptive, eta, "optlab.sam"), base_optimizer))
+        optax.chain(_sam_perturb_raw(rho, p, adaptive, eta, "optlab.sam"), base_optimizer)
+    )

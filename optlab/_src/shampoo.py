@@ -155,9 +155,11 @@ def _layout_option(name: str, value: Any, default: Any) -> Any:
         return default
     if isinstance(value, jax.Array | np.ndarray):
         if _python(value) != default:
-            raise ValueError(f"{name} fixes the optimizer state's layout and cannot be an array "
-                             f"hyperparameter; with optax.inject_hyperparams pass "
-                             f"static_args=({name!r},), got {value!r}")
+            raise ValueError(
+                f"{name} fixes the optimizer state's layout and cannot be an array "
+                f"hyperparameter; with optax.inject_hyperparams pass "
+                f"static_args=({name!r},), got {value!r}"
+            )
         return default
     return value
 
@@ -177,9 +179,22 @@ def _shampoo_root_method(root_method: str) -> str:
 
 
 def _preconditioner(
-    name: str, *, beta2, eps, exponent, block_size, max_preconditioned_dim, merge_small_dims,
-    precondition_every, start_preconditioning_step, grafting, graft_beta2, graft_eps,
-    root_method, root_error_threshold, eps_floor,
+    name: str,
+    *,
+    beta2,
+    eps,
+    exponent,
+    block_size,
+    max_preconditioned_dim,
+    merge_small_dims,
+    precondition_every,
+    start_preconditioning_step,
+    grafting,
+    graft_beta2,
+    graft_eps,
+    root_method,
+    root_error_threshold,
+    eps_floor,
 ) -> tuple[optax.GradientTransformation, Callable[[ShampooState], jax.Array]]:
     """Shampoo's preconditioning without the NaN guard, and the guard's cheap state check."""
     check_number("beta2", beta2, low=0.0, high=1.0)
@@ -197,12 +212,17 @@ def _preconditioner(
     check_number("graft_beta2", graft_beta2, low=0.0, high=1.0, high_open=True)
     check_number("graft_eps", graft_eps, low=0.0)
     check_choice("root_method", root_method, ROOT_METHODS)
-    check_number("root_error_threshold", root_error_threshold, low=0.0, low_open=True,
-                 allow_inf=True)
+    check_number(
+        "root_error_threshold", root_error_threshold, low=0.0, low_open=True, allow_inf=True
+    )
     check_number("eps_floor", eps_floor, low=0.0)
     graft_tx = _graft_transform(grafting, graft_beta2, graft_eps)
-    refresh_fn = kron.inverse_roots(eps=eps, eps_floor=eps_floor, threshold=root_error_threshold,
-                                    method=_shampoo_root_method(root_method))
+    refresh_fn = kron.inverse_roots(
+        eps=eps,
+        eps_floor=eps_floor,
+        threshold=root_error_threshold,
+        method=_shampoo_root_method(root_method),
+    )
     diagonal_p = root if root is not None else 2
     # The layout of the tree being updated, for the state check that the guard runs right after
     # update (the check sees only the state, and the flat buffers do not show their layout).
@@ -211,8 +231,9 @@ def _preconditioner(
     def layout_of(tree) -> tuple[kron.Layout, list[jax.Array], Any]:
         leaves, treedef = jax.tree.flatten(tree)
         shapes = tuple(tuple(np.shape(x)) for x in leaves)
-        layout = kron.make_layout(shapes, block_size, max_preconditioned_dim, merge_small_dims,
-                                  root)
+        layout = kron.make_layout(
+            shapes, block_size, max_preconditioned_dim, merge_small_dims, root
+        )
         last_layout[:] = [layout]
         return layout, leaves, treedef
 
@@ -231,21 +252,34 @@ def _preconditioner(
     def update_fn(updates, state, params=None):
         layout, leaves, treedef = layout_of(updates)
         grads = kron.to_blocks(leaves, layout, state.stats.dtype)
-        graft_updates, graft_state = graft_tx.update(jax.tree.map(upcast, updates), state.graft,
-                                                     params)
+        graft_updates, graft_state = graft_tx.update(
+            jax.tree.map(upcast, updates), state.graft, params
+        )
         stats = kron.accumulate(state.stats, kron.axis_grams(grads, layout), layout, beta2)
         due = (state.count >= start) & ((state.count - start) % every == 0)
         roots, rejected = jax.lax.cond(
-            due, lambda: kron.refresh(stats, state.roots, layout, refresh_fn),
-            lambda: (state.roots, jnp.zeros([], jnp.int32)))
+            due,
+            lambda: kron.refresh(stats, state.roots, layout, refresh_fn),
+            lambda: (state.roots, jnp.zeros([], jnp.int32)),
+        )
         direction = kron.Blocks(
             # Roots are symmetric: the transposed product is the same and needs no transpose.
             kron.mode_products(grads.stacks, roots, layout, transpose=True),
-            kron.diagonal_root(grads.vector, kron.diagonal_statistics(stats, layout), layout,
-                               eps=eps, eps_floor=eps_floor, p=diagonal_p))
+            kron.diagonal_root(
+                grads.vector,
+                kron.diagonal_statistics(stats, layout),
+                layout,
+                eps=eps,
+                eps_floor=eps_floor,
+                p=diagonal_p,
+            ),
+        )
         # "none" and "sgd" graft the gradient itself, already in blocks.
-        graft_blocks = grads if grafting in ("none", "sgd") else kron.to_blocks(
-            treedef.flatten_up_to(graft_updates), layout, stats.dtype)
+        graft_blocks = (
+            grads
+            if grafting in ("none", "sgd")
+            else kron.to_blocks(treedef.flatten_up_to(graft_updates), layout, stats.dtype)
+        )
         if grafting != "none":
             direction = kron.graft(direction, graft_blocks, layout)
         # The grafted update alone before the start: chosen on the few stacks, not per leaf.
@@ -256,11 +290,14 @@ def _preconditioner(
         # multiply-add instead of a reduction per leaf (XLA compiles each as its own kernels).
         moments = _second_moments(graft_state)
         if moments is not None:
-            out = [o + (0 * v).astype(o.dtype)
-                   for o, v in zip(out, treedef.flatten_up_to(moments))]
-        new_state = ShampooState(count=optax.safe_increment(state.count), stats=stats,
-                                 roots=roots, graft=graft_state,
-                                 rejected_roots=state.rejected_roots + rejected)
+            out = [o + (0 * v).astype(o.dtype) for o, v in zip(out, treedef.flatten_up_to(moments))]
+        new_state = ShampooState(
+            count=optax.safe_increment(state.count),
+            stats=stats,
+            roots=roots,
+            graft=graft_state,
+            rejected_roots=state.rejected_roots + rejected,
+        )
         return treedef.unflatten(out), new_state
 
     def state_is_finite(state: ShampooState) -> jax.Array:
@@ -335,12 +372,22 @@ def scale_by_shampoo(
       (1, 0)
     """
     raw, state_is_finite = _preconditioner(
-        "optlab.scale_by_shampoo", beta2=beta2, eps=eps, exponent=exponent,
-        block_size=block_size, max_preconditioned_dim=max_preconditioned_dim,
-        merge_small_dims=merge_small_dims, precondition_every=precondition_every,
-        start_preconditioning_step=start_preconditioning_step, grafting=grafting,
-        graft_beta2=graft_beta2, graft_eps=graft_eps, root_method=root_method,
-        root_error_threshold=root_error_threshold, eps_floor=eps_floor)
+        "optlab.scale_by_shampoo",
+        beta2=beta2,
+        eps=eps,
+        exponent=exponent,
+        block_size=block_size,
+        max_preconditioned_dim=max_preconditioned_dim,
+        merge_small_dims=merge_small_dims,
+        precondition_every=precondition_every,
+        start_preconditioning_step=start_preconditioning_step,
+        grafting=grafting,
+        graft_beta2=graft_beta2,
+        graft_eps=graft_eps,
+        root_method=root_method,
+        root_error_threshold=root_error_threshold,
+        eps_floor=eps_floor,
+    )
     return skip_nonfinite(raw, state_is_finite=state_is_finite)
 
 
@@ -404,12 +451,22 @@ def shampoo(
     check_number("b2", b2, low=0.0, high=1.0)
     check_number("weight_decay", weight_decay, low=0.0)
     raw, state_is_finite = _preconditioner(
-        "optlab.shampoo", beta2=b2, eps=eps, exponent=exponent, block_size=block_size,
-        max_preconditioned_dim=max_preconditioned_dim, merge_small_dims=merge_small_dims,
+        "optlab.shampoo",
+        beta2=b2,
+        eps=eps,
+        exponent=exponent,
+        block_size=block_size,
+        max_preconditioned_dim=max_preconditioned_dim,
+        merge_small_dims=merge_small_dims,
         precondition_every=precondition_every,
-        start_preconditioning_step=start_preconditioning_step, grafting=grafting,
-        graft_beta2=graft_beta2, graft_eps=graft_eps, root_method=root_method,
-        root_error_threshold=root_error_threshold, eps_floor=eps_floor)
+        start_preconditioning_step=start_preconditioning_step,
+        grafting=grafting,
+        graft_beta2=graft_beta2,
+        graft_eps=graft_eps,
+        root_method=root_method,
+        root_error_threshold=root_error_threshold,
+        eps_floor=eps_floor,
+    )
     parts = [raw]
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
     # not depend on a value that can change.
@@ -420,8 +477,9 @@ def shampoo(
     parts.append(optax.scale_by_learning_rate(learning_rate))
     # Only Shampoo's state needs checking: an EMA of finite updates is finite, and the update
     # itself is checked by the guard.
-    return skip_nonfinite(optax.chain(*parts),
-                          state_is_finite=lambda chain_state: state_is_finite(chain_state[0]))
+    return skip_nonfinite(
+        optax.chain(*parts), state_is_finite=lambda chain_state: state_is_finite(chain_state[0])
+    )
 
 
 scale_by_shampoo.__doc__ = scale_by_shampoo.__doc__.format(math=_MATH)

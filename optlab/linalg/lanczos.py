@@ -39,8 +39,9 @@ def _unit(v: jax.Array, fallback: jax.Array) -> jax.Array:
     return jnp.where(nrm > 0, v / jnp.where(nrm > 0, nrm, 1.0), fallback)
 
 
-def lanczos(matvec: Callable[[jax.Array], jax.Array], q0: jax.Array, num_iters: int,
-            key: jax.Array) -> Lanczos:
+def lanczos(
+    matvec: Callable[[jax.Array], jax.Array], q0: jax.Array, num_iters: int, key: jax.Array
+) -> Lanczos:
     """``num_iters`` Lanczos steps of the symmetric operator ``matvec`` from unit ``q0``.
 
     ``key`` draws the restart vectors after a breakdown (step ``i`` uses

@@ -183,8 +183,12 @@ def _svd_polar(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.all(jnp.isfinite(x), axis=(-2, -1), keepdims=True), y, jnp.nan)
 
 
-def default_steps(method: str, shape: Sequence[int] | None = None, *,
-                  lower_bound: float = POLAR_EXPRESS_LOWER_BOUND) -> int:
+def default_steps(
+    method: str,
+    shape: Sequence[int] | None = None,
+    *,
+    lower_bound: float = POLAR_EXPRESS_LOWER_BOUND,
+) -> int:
     """Number of steps ``orthogonalize`` uses when ``steps=None``.
 
     ``newton_schulz`` and ``gram_newton_schulz``: 5. ``polar_express``: the smallest number of
@@ -205,7 +209,7 @@ def default_steps(method: str, shape: Sequence[int] | None = None, *,
 def _polar_express_design_bound(shape: Sequence[int] | None, lower_bound: float) -> float:
     k = min(shape[-2:]) if shape is not None else 1
     # Rounded to 2 significant digits so that nearby shapes share one cached coefficient set.
-    return float(f"{lower_bound / k ** 0.125:.2g}")
+    return float(f"{lower_bound / k**0.125:.2g}")
 
 
 def _validate(method: str, steps: int | None) -> None:
@@ -231,21 +235,27 @@ def resolve_coefficients(
             n = steps if steps is not None else NEWTON_SCHULZ_DEFAULT_STEPS
             return (NEWTON_SCHULZ_COEFFICIENTS,) * n
         if coefficients == "polar_express":
-            n = steps if steps is not None else default_steps(
-                "polar_express", shape, lower_bound=lower_bound)
+            n = (
+                steps
+                if steps is not None
+                else default_steps("polar_express", shape, lower_bound=lower_bound)
+            )
             design = _polar_express_design_bound(shape, lower_bound)
             steps_ = polar_express_steps(n, design, POLAR_EXPRESS_SAFETY)
             return tuple((s.a, s.b, s.c) for s in steps_)
         raise ValueError(
             f"coefficients must be 'newton_schulz', 'polar_express' or a sequence of (a, b, c), "
-            f"got {coefficients!r}")
+            f"got {coefficients!r}"
+        )
     coeffs = tuple(tuple(float(v) for v in c) for c in coefficients)
     if not coeffs or any(len(c) != 3 for c in coeffs):
         raise ValueError(
-            f"coefficients must be a non-empty sequence of (a, b, c), got {coefficients!r}")
+            f"coefficients must be a non-empty sequence of (a, b, c), got {coefficients!r}"
+        )
     if steps is not None and steps != len(coeffs):
         raise ValueError(
-            f"steps={steps} does not match the {len(coeffs)} coefficient triples given")
+            f"steps={steps} does not match the {len(coeffs)} coefficient triples given"
+        )
     return coeffs  # type: ignore[return-value]
 
 

@@ -199,5 +199,4 @@ def polar_express_coefficients(
     steps: int, lower_bound: float = 1e-3, safety: float = 0.02, cushion: float = CUSHION
 ) -> tuple[tuple[float, float, float], ...]:
     """``((a, b, c), ...)`` for each step; Python floats, safe to close over under jit."""
-    return tuple((s.a, s.b, s.c)
-                 for s in polar_express_steps(steps, lower_bound, safety, cushion))
+    return tuple((s.a, s.b, s.c) for s in polar_express_steps(steps, lower_bound, safety, cushion))

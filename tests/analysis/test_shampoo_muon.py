@@ -171,8 +171,12 @@ def test_semi_orthogonality_is_zero_for_orthogonal_updates():
     assert np.all(np.asarray(d.per_step) == 0.0)
     assert np.all(np.asarray(d.running_average) == 0.0)
     for shape in [(6, 10), (10, 6)]:  # random semi-orthogonal, wide and tall
-        q = np.stack([np.linalg.qr(rng.standard_normal(shape[::-1] if shape[0] < shape[1]
-                                                       else shape))[0] for _ in range(5)])
+        q = np.stack(
+            [
+                np.linalg.qr(rng.standard_normal(shape[::-1] if shape[0] < shape[1] else shape))[0]
+                for _ in range(5)
+            ]
+        )
         q = np.swapaxes(q, 1, 2) if shape[0] < shape[1] else q
         assert q.shape == (5, *shape)
         d = semi_orthogonality(q.astype(np.float32))

@@ -61,7 +61,9 @@ SHARDED_ATOL = 1e-6
 #: (kind, value) of the extreme-gradient check: "spike" adds the value to one gradient entry,
 #: "scale" multiplies the whole gradient by it.
 EXTREME_GRADIENTS: tuple[tuple[str, float], ...] = (
-    ("spike", 1e20), ("spike", 1e30), ("scale", 1e-30),
+    ("spike", 1e20),
+    ("spike", 1e30),
+    ("scale", 1e-30),
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -552,8 +554,15 @@ def _guard_of(subject: Subject, state: Any) -> SkipNonFiniteState:
     return guard
 
 
-def _check_skipped(subject: Subject, what: str, params: Params, new_params: Params,
-                   updates: Params, before: Any, after: Any) -> None:
+def _check_skipped(
+    subject: Subject,
+    what: str,
+    params: Params,
+    new_params: Params,
+    updates: Params,
+    before: Any,
+    after: Any,
+) -> None:
     """The step from (params, before) to (new_params, after) was skipped per the policy."""
     g0, g1 = _guard_of(subject, before), _guard_of(subject, after)
     nonzero = [
@@ -617,11 +626,14 @@ def check_nan_gradient(
             f"{subject.name} via {how}: non-finite params after step {i} (poison {poison})"
         )
         if i in bad:
-            _check_skipped(subject, f"a {poison} gradient", params, new_params, updates,
-                           state, new_state)
+            _check_skipped(
+                subject, f"a {poison} gradient", params, new_params, updates, state, new_state
+            )
         else:
-            skipped = (int(_guard_of(subject, state).skipped_steps),
-                       int(_guard_of(subject, new_state).skipped_steps))
+            skipped = (
+                int(_guard_of(subject, state).skipped_steps),
+                int(_guard_of(subject, new_state).skipped_steps),
+            )
             assert skipped[0] == skipped[1], (
                 f"{subject.name} via {how}: the clean step {i} was counted as skipped "
                 f"({skipped[0]} -> {skipped[1]})"
@@ -676,8 +688,11 @@ def check_extreme_gradient(subject: Subject, kind: str, value: float) -> None:
     )
     frozen = [
         jax.tree_util.keystr(path)
-        for (path, _), changed in zip(jax.tree_util.tree_leaves_with_path(new_params),
-                                      _changed_leaves(new_params, after_params), strict=True)
+        for (path, _), changed in zip(
+            jax.tree_util.tree_leaves_with_path(new_params),
+            _changed_leaves(new_params, after_params),
+            strict=True,
+        )
         if not changed
     ]
     assert not frozen, (

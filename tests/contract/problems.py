@@ -168,7 +168,7 @@ def lapack_blocks_target() -> dict[str, np.ndarray]:
                 for c in range(LAPACK_BLOCKS_SHAPE[1] // b):
                     u = u0[rng.permutation(b)] * rng.choice([-1.0, 1.0], size=(b, 1))
                     v = v0[rng.permutation(b)] * rng.choice([-1.0, 1.0], size=(b, 1))
-                    t[r * b:(r + 1) * b, c * b:(c + 1) * b] = (u * rng.uniform(1, 2, b)) @ v.T
+                    t[r * b : (r + 1) * b, c * b : (c + 1) * b] = (u * rng.uniform(1, 2, b)) @ v.T
             _LAPACK_BLOCKS_TARGET[f"w{i:02d}"] = _f32(t)
     return _LAPACK_BLOCKS_TARGET
 
@@ -178,13 +178,16 @@ _LAPACK_BLOCKS_TARGET: dict[str, np.ndarray] = {}
 
 def _lapack_blocks_loss(params: Params) -> jax.Array:
     target = lapack_blocks_target()
-    return sum(jnp.sum(params[k] * target[k]) + 5e-4 * jnp.sum(params[k] ** 2)
-               for k in sorted(target))
+    return sum(
+        jnp.sum(params[k] * target[k]) + 5e-4 * jnp.sum(params[k] ** 2) for k in sorted(target)
+    )
 
 
 def _lapack_blocks_init() -> Params:
-    return {f"w{i:02d}": jnp.zeros(LAPACK_BLOCKS_SHAPE, jnp.float32)
-            for i in range(LAPACK_BLOCKS_LEAVES)}
+    return {
+        f"w{i:02d}": jnp.zeros(LAPACK_BLOCKS_SHAPE, jnp.float32)
+        for i in range(LAPACK_BLOCKS_LEAVES)
+    }
 
 
 LAPACK_BLOCKS = Problem("lapack_blocks", _lapack_blocks_init, _lapack_blocks_loss)

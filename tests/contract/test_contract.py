@@ -42,8 +42,9 @@ def test_subject_registry_is_well_formed() -> None:
         assert all(isinstance(v, int | float) for v in s.hyperparams.values()), s.name
         assert not set(s.hyperparams) & set(s.static), s.name
         assert s.problem in PROBLEMS, s.name
-        unknown = (set(s.problem_hyperparams) | set(s.problem_descent_lr)
-                   | set(s.convergence_problems())) - set(PROBLEMS)
+        unknown = (
+            set(s.problem_hyperparams) | set(s.problem_descent_lr) | set(s.convergence_problems())
+        ) - set(PROBLEMS)
         assert not unknown, f"{s.name}: unknown problems {unknown}"
         assert s.steps >= 1, s.name
         assert not (s.reference and s.recipe), s.name
@@ -200,8 +201,9 @@ def momentum_with_overflowing_state(learning_rate: float) -> optax.GradientTrans
         out = jax.tree.map(lambda g, v: -learning_rate * g / (jnp.sqrt(v) + 1e-8), updates, nu)
         return out, optax.ScaleByRmsState(nu=nu)
 
-    return skip_nonfinite(optax.GradientTransformation(init, update),
-                          state_is_finite=lambda _: jnp.asarray(True))
+    return skip_nonfinite(
+        optax.GradientTransformation(init, update), state_is_finite=lambda _: jnp.asarray(True)
+    )
 
 
 def test_contract_catches_retracing_state() -> None:

@@ -73,8 +73,9 @@ def polar_factor_error_bound(x: np.ndarray, u: float = U32, steps: int = 1) -> f
     return steps * 2.0 * max(x.shape[-2:]) * u * np.linalg.norm(x) / s[-1]
 
 
-def polar_cosine_loss_bound(x: np.ndarray, dtype, steps: int, design_error: float,
-                            amplification: float = 1.0) -> float:
+def polar_cosine_loss_bound(
+    x: np.ndarray, dtype, steps: int, design_error: float, amplification: float = 1.0
+) -> float:
     """Bound on ``1 - cos(Y, R)`` for ``Y = orthogonalize(x)`` computed in ``dtype``.
 
     ``cos`` is the Frobenius cosine to a float64 reference ``R``: the exact polar factor ``Q``

@@ -18,8 +18,10 @@ def _run(a, m, seed=0):
     q0 = jnp.asarray(q0 / np.linalg.norm(q0), jnp.float32)
     a32 = jnp.asarray(a, jnp.float32)
     res = jax.jit(lambda q: lanczos(lambda v: a32 @ v, q, m, jax.random.key(1)))(q0)
-    return (np.asarray(res.basis, np.float64), np.asarray(tridiagonal(res.alphas, res.betas),
-                                                          np.float64))
+    return (
+        np.asarray(res.basis, np.float64),
+        np.asarray(tridiagonal(res.alphas, res.betas), np.float64),
+    )
 
 
 def test_tridiagonal_is_the_projection_on_an_orthonormal_basis():

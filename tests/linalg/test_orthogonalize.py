@@ -93,9 +93,12 @@ def test_gram_agrees_with_plain_iteration(coefficients, shape):
     plain = orthogonalize(x, method="newton_schulz", coefficients=coefficients)
     gram = orthogonalize(x, method="gram_newton_schulz", coefficients=coefficients)
     steps = default_steps(coefficients, shape)
-    for g, q, m in zip(np.asarray(gram, np.float64).reshape(-1, *shape[-2:]),
-                       np.asarray(plain, np.float64).reshape(-1, *shape[-2:]),
-                       x64.reshape(-1, *shape[-2:]), strict=True):
+    for g, q, m in zip(
+        np.asarray(gram, np.float64).reshape(-1, *shape[-2:]),
+        np.asarray(plain, np.float64).reshape(-1, *shape[-2:]),
+        x64.reshape(-1, *shape[-2:]),
+        strict=True,
+    ):
         # Both are the same polynomial of X in exact arithmetic. Each is within the iteration's
         # round-off bound of it, the Gram variant with the Gram matrix's condition number
         # kappa^2, i.e. kappa times the plain bound (kappa ~ 3 for these Gaussian shapes).
@@ -107,8 +110,9 @@ def test_gram_agrees_with_plain_iteration(coefficients, shape):
 def test_gram_polar_express_geometric_spectrum_float32():
     # Squaring the condition number is what makes Gram iterations fragile; 1e-3 must be fine.
     x = with_spectrum(np.random.default_rng(4), 64, 256, np.geomspace(1, 1e-3, 64))
-    y = orthogonalize(jnp.asarray(x, jnp.float32), method="gram_newton_schulz",
-                      coefficients="polar_express")
+    y = orthogonalize(
+        jnp.asarray(x, jnp.float32), method="gram_newton_schulz", coefficients="polar_express"
+    )
     assert np.max(np.abs(singular_values(y) - 1.0)) <= 0.05
 
 
@@ -163,8 +167,10 @@ def _family(name):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("family", ["gaussian_256x1024", "gaussian_1024x256",
-                                    "log_spaced_1e-3_256x1024", "log_spaced_1e-2_128"])
+@pytest.mark.parametrize(
+    "family",
+    ["gaussian_256x1024", "gaussian_1024x256", "log_spaced_1e-3_256x1024", "log_spaced_1e-2_128"],
+)
 def test_low_precision_polar_express_reaches_the_polar_factor(family, dtype):
     # Computed in bfloat16 the old kernel had cosines 0.83 (Gaussian) to 0.94 (log-spaced) to
     # the polar factor: its uncushioned first polynomial dips to 0.0085 inside the interval and

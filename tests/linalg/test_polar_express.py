@@ -18,8 +18,12 @@ def test_each_step_maps_its_interval_into_the_stated_one(lower_bound):
         assert (step.lower, step.upper) == (prev.out_lower, prev.out_upper)
     for step in steps:
         # An independent grid (not the one the generator used), dense at both ends.
-        x = np.concatenate([np.geomspace(step.lower, step.upper, 50_001),
-                            np.linspace(step.lower, step.upper, 50_001)])
+        x = np.concatenate(
+            [
+                np.geomspace(step.lower, step.upper, 50_001),
+                np.linspace(step.lower, step.upper, 50_001),
+            ]
+        )
         y = evaluate(step, x)
         assert y.min() >= step.out_lower - 1e-9 and y.max() <= step.out_upper + 1e-9
         assert y.min() > 0  # odd quintic with positive slope: no sign flips of singular values
@@ -72,8 +76,10 @@ def test_cushioned_steps_keep_their_interior_minimum_above_bfloat16_roundoff(low
     assert m < bfloat16_roundoff(polar_express_steps(1, lower_bound, cushion=0.0)[0], x)
     # The price in exact arithmetic: the slope at l, which lifts the smallest singular values,
     # is 2% lower (8.29 instead of 8.47 for l = 1e-3 and no safety).
-    assert polar_express_steps(1, lower_bound, 0.0)[0].a >= 0.97 * polar_express_steps(
-        1, lower_bound, 0.0, 0.0)[0].a
+    assert (
+        polar_express_steps(1, lower_bound, 0.0)[0].a
+        >= 0.97 * polar_express_steps(1, lower_bound, 0.0, 0.0)[0].a
+    )
 
 
 def test_default_steps_depend_on_size_only_logarithmically():
@@ -85,8 +91,12 @@ def test_default_steps_depend_on_size_only_logarithmically():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"steps": 0}, "steps"), ({"steps": 3, "lower_bound": 0.0}, "lower_bound"),
-     ({"steps": 3, "safety": -0.1}, "safety"), ({"steps": 3, "cushion": 1.0}, "cushion")],
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": 3, "lower_bound": 0.0}, "lower_bound"),
+        ({"steps": 3, "safety": -0.1}, "safety"),
+        ({"steps": 3, "cushion": 1.0}, "cushion"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

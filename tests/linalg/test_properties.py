@@ -36,8 +36,9 @@ from tests.linalg.error_bounds import (
 
 # Jitted once per static configuration and shape (eagerly, the Newton iteration's while_loop
 # would be traced and compiled again on every call).
-inverse_root = jax.jit(functools.partial(_inverse_root, return_error=True),
-                       static_argnames=("p", "method"))
+inverse_root = jax.jit(
+    functools.partial(_inverse_root, return_error=True), static_argnames=("p", "method")
+)
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None)
 COMPUTE_DTYPES = [None, jnp.bfloat16, jnp.float16]
@@ -81,8 +82,9 @@ def _check_orthogonalized(y, x64, method, compute_dtype):
         ref = polynomial_reference(x64, coeffs)
     steps = max(len(coeffs), 1)
     amplification = singular_value_amplification(x64, coeffs) if coeffs else 1.0
-    bound = polar_cosine_loss_bound(x64, _effective_dtype(method, compute_dtype), steps, 0.0,
-                                    amplification)
+    bound = polar_cosine_loss_bound(
+        x64, _effective_dtype(method, compute_dtype), steps, 0.0, amplification
+    )
     assert 1.0 - polar_cosine(y, ref) <= bound
 
 
@@ -94,8 +96,12 @@ def _unit_scale_copy(x):
 
 
 @SETTINGS
-@given(method=st.sampled_from(ORTHOGONALIZE_METHODS), exponent=st.integers(-30, 30),
-       compute_dtype=st.sampled_from(COMPUTE_DTYPES), transpose=st.booleans())
+@given(
+    method=st.sampled_from(ORTHOGONALIZE_METHODS),
+    exponent=st.integers(-30, 30),
+    compute_dtype=st.sampled_from(COMPUTE_DTYPES),
+    transpose=st.booleans(),
+)
 def test_orthogonalize_at_any_scale(method, exponent, compute_dtype, transpose):
     x64 = X0.T if transpose else X0
     x = np.asarray(x64 * 10.0**exponent, np.float32)
@@ -103,17 +109,22 @@ def test_orthogonalize_at_any_scale(method, exponent, compute_dtype, transpose):
     assert y.shape == x.shape and y.dtype == jnp.float32
     # The same float32 matrix brought to unit scale by a power of two (exact) must give the
     # same bits: the normalization undoes the scale exactly, before any rounding.
-    unit = orthogonalize(jnp.asarray(_unit_scale_copy(x)), method=method,
-                         compute_dtype=compute_dtype)
+    unit = orthogonalize(
+        jnp.asarray(_unit_scale_copy(x)), method=method, compute_dtype=compute_dtype
+    )
     np.testing.assert_array_equal(np.asarray(y), np.asarray(unit))
     _check_orthogonalized(y, x64, method, compute_dtype)
 
 
 @SETTINGS
-@given(method=st.sampled_from(ORTHOGONALIZE_METHODS),
-       shape=st.sampled_from([(0, 5), (5, 0), (0, 0), (3, 0, 4), (0, 4, 7), (1, 6), (6, 1),
-                              (1, 1), (2, 1, 5)]),
-       exponent=st.integers(-30, 30), compute_dtype=st.sampled_from(COMPUTE_DTYPES))
+@given(
+    method=st.sampled_from(ORTHOGONALIZE_METHODS),
+    shape=st.sampled_from(
+        [(0, 5), (5, 0), (0, 0), (3, 0, 4), (0, 4, 7), (1, 6), (6, 1), (1, 1), (2, 1, 5)]
+    ),
+    exponent=st.integers(-30, 30),
+    compute_dtype=st.sampled_from(COMPUTE_DTYPES),
+)
 def test_orthogonalize_degenerate_shapes(method, shape, exponent, compute_dtype):
     x64 = np.random.default_rng(1).standard_normal(shape) * 10.0**exponent
     y = orthogonalize(jnp.asarray(x64, jnp.float32), method=method, compute_dtype=compute_dtype)
@@ -121,8 +132,9 @@ def test_orthogonalize_degenerate_shapes(method, shape, exponent, compute_dtype)
     if y.size == 0:
         return
     # A single row or column: its polar factor is x / ||x||.
-    for ym, xm in zip(np.asarray(y).reshape(-1, *shape[-2:]), x64.reshape(-1, *shape[-2:]),
-                      strict=True):
+    for ym, xm in zip(
+        np.asarray(y).reshape(-1, *shape[-2:]), x64.reshape(-1, *shape[-2:]), strict=True
+    ):
         _check_orthogonalized(ym, xm / 10.0**exponent, method, compute_dtype)
 
 
@@ -134,8 +146,11 @@ _MEMBERS = st.lists(st.tuples(_KINDS, st.integers(-30, 30)), min_size=4, max_siz
 
 
 @SETTINGS
-@given(method=st.sampled_from(ORTHOGONALIZE_METHODS), compute_dtype=st.sampled_from(COMPUTE_DTYPES),
-       members=_MEMBERS)
+@given(
+    method=st.sampled_from(ORTHOGONALIZE_METHODS),
+    compute_dtype=st.sampled_from(COMPUTE_DTYPES),
+    members=_MEMBERS,
+)
 def test_orthogonalize_batch_mixing_good_and_bad_matrices(method, compute_dtype, members):
     batch = []
     for kind, exponent in members:
@@ -149,8 +164,11 @@ def test_orthogonalize_batch_mixing_good_and_bad_matrices(method, compute_dtype,
         elif kind == "zero":
             x = np.zeros_like(x)
         batch.append(x)
-    y = np.asarray(orthogonalize(jnp.asarray(np.stack(batch), jnp.float32), method=method,
-                                 compute_dtype=compute_dtype))
+    y = np.asarray(
+        orthogonalize(
+            jnp.asarray(np.stack(batch), jnp.float32), method=method, compute_dtype=compute_dtype
+        )
+    )
     for (kind, _), ym in zip(members, y, strict=True):
         if kind == "good":  # whatever its neighbours are, at whatever scales
             _check_orthogonalized(ym, X0, method, compute_dtype)
@@ -189,9 +207,13 @@ def _check_root(root, error, a, p, method, eps_floor):
 
 
 @SETTINGS
-@given(method=st.sampled_from(INVERSE_ROOT_METHODS), p=st.sampled_from([1, 2, 4]),
-       dtype=st.sampled_from(sorted(_INPUT_RANGES)), eps_floor=st.sampled_from([0.0, 1e-16]),
-       data=st.data())
+@given(
+    method=st.sampled_from(INVERSE_ROOT_METHODS),
+    p=st.sampled_from([1, 2, 4]),
+    dtype=st.sampled_from(sorted(_INPUT_RANGES)),
+    eps_floor=st.sampled_from([0.0, 1e-16]),
+    data=st.data(),
+)
 def test_inverse_root_at_any_scale(method, p, dtype, eps_floor, data):
     exponent = data.draw(st.integers(*_INPUT_RANGES[dtype]), label="exponent")
     a = jnp.asarray(A0 * 10.0**exponent, jnp.float32).astype(dtype)
@@ -199,14 +221,18 @@ def test_inverse_root_at_any_scale(method, p, dtype, eps_floor, data):
     assert res.root.dtype == jnp.float32
     # The reference is the root of the matrix the kernel received (rounded to dtype); with
     # eps_floor = 1e-16 the floor dominates the ridge of matrices near or below it, as defined.
-    _check_root(res.root, res.error, np.asarray(a.astype(jnp.float32), np.float64), p, method,
-                eps_floor)
+    _check_root(
+        res.root, res.error, np.asarray(a.astype(jnp.float32), np.float64), p, method, eps_floor
+    )
 
 
 @SETTINGS
-@given(method=st.sampled_from(INVERSE_ROOT_METHODS), p=st.sampled_from([1, 2, 4]),
-       shape=st.sampled_from([(0, 0), (3, 0, 0), (0, 5, 5), (1, 1), (2, 1, 1)]),
-       exponent=st.integers(-30, 30))
+@given(
+    method=st.sampled_from(INVERSE_ROOT_METHODS),
+    p=st.sampled_from([1, 2, 4]),
+    shape=st.sampled_from([(0, 0), (3, 0, 0), (0, 5, 5), (1, 1), (2, 1, 1)]),
+    exponent=st.integers(-30, 30),
+)
 def test_inverse_root_degenerate_shapes(method, p, shape, exponent):
     a = np.abs(np.random.default_rng(2).standard_normal(shape)) * 10.0**exponent + 0.0
     res = inverse_root(jnp.asarray(a, jnp.float32), p, method=method)
@@ -215,15 +241,17 @@ def test_inverse_root_degenerate_shapes(method, p, shape, exponent):
         np.testing.assert_array_equal(res.error, 0.0)
         return
     a32 = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
-    for r, e, m in zip(np.asarray(res.root).reshape(-1, *shape[-2:]),
-                       np.asarray(res.error).reshape(-1), a32.reshape(-1, *shape[-2:]),
-                       strict=True):
+    for r, e, m in zip(
+        np.asarray(res.root).reshape(-1, *shape[-2:]),
+        np.asarray(res.error).reshape(-1),
+        a32.reshape(-1, *shape[-2:]),
+        strict=True,
+    ):
         _check_root(r, e, m, p, method, 1e-16)
 
 
 @SETTINGS
-@given(method=st.sampled_from(INVERSE_ROOT_METHODS), p=st.sampled_from([1, 2, 4]),
-       members=_MEMBERS)
+@given(method=st.sampled_from(INVERSE_ROOT_METHODS), p=st.sampled_from([1, 2, 4]), members=_MEMBERS)
 def test_inverse_root_batch_mixing_good_and_bad_matrices(method, p, members):
     batch = []
     for kind, exponent in members:
@@ -238,10 +266,10 @@ def test_inverse_root_batch_mixing_good_and_bad_matrices(method, p, members):
             a = np.zeros_like(a)
         batch.append(a)
     # eps_floor = 0: a zero matrix then has no root (inf), which must be flagged, not hidden.
-    res = inverse_root(jnp.asarray(np.stack(batch), jnp.float32), p, method=method,
-                       eps_floor=0.0)
-    for (kind, exponent), r, e in zip(members, np.asarray(res.root), np.asarray(res.error),
-                                      strict=True):
+    res = inverse_root(jnp.asarray(np.stack(batch), jnp.float32), p, method=method, eps_floor=0.0)
+    for (kind, exponent), r, e in zip(
+        members, np.asarray(res.root), np.asarray(res.error), strict=True
+    ):
         if kind == "good":  # its own root, whatever its neighbours are, at whatever scales
             a32 = np.asarray(jnp.asarray(A0 * 10.0**exponent, jnp.float32), np.float64)
             _check_root(r, e, a32, p, method, 0.0)
