@@ -12,7 +12,9 @@ Methods:
 ``"eigh"``
     ``V diag((w + r)^{-1/p}) V^T`` from LAPACK's float32 ``eigh`` (eigenvalues clipped at 0 first:
     round-off makes those of a rank-deficient matrix slightly negative). Most accurate; on CPU
-    also the fastest (LAPACK's divide and conquer).
+    also the fastest (LAPACK's divide and conquer). On CPU the eigh runs in NumPy's LAPACK in a
+    host callback (:mod:`optlab.linalg._lapack`: jaxlib's batched CPU kernel can hang a step
+    that runs on several CPU devices); under automatic sharding it runs once, on one device.
 ``"eigh64"``
     The same formula in float64, computed on the host by NumPy's LAPACK ``eigh`` through
     ``jax.pure_callback`` (works under ``jit``, ``vmap`` and sharding; the operands travel to
@@ -52,6 +54,19 @@ one. Computation is in float32 at least (float64 input stays float64), also for 
 
 The input is taken to be symmetric: the eigh methods read only its lower triangle (LAPACK's
 convention), the Newton iteration uses ``(a + a^T) / 2``.
+
+Scale: ``(c a + r I)^{-1/p} = c^{-1/p} (a + (r / c) I)^{-1/p}``. Every method gives the same
+relative accuracy for statistics of any size in float32's normal range (tested from 1e-30 to
+1e30): LAPACK's eigh scales internally, and the power iteration, the Lanczos estimate, the
+Newton iteration and the residual run on ``a`` multiplied by a power of two that brings it to
+unit size (exact; the result is scaled back exactly). Only ``eps_floor`` is absolute: it
+dominates the ridge of matrices whose entries are near it or below. Where the root itself
+leaves float32's range, the result says so: an overflowing root (a ridge and eigenvalues below
+about ``1e-38^p``) has inf entries and ``error = inf``; a root whose smallest eigenvalues could
+fall below the normal range (``lambda_max`` above about ``1e38^p / d``: only ``p = 1`` in float32)
+would lose them to zero, and gets ``error = inf`` too. (Just inside that limit, p = 1 and
+``lambda_max`` ~1e37, products in the eigh paths' ``V diag(...) V^T`` can fall below the normal
+range and be flushed: the residual then reports errors of ~1e-2.)
 """
 
 from __future__ import annotations
@@ -63,7 +78,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optlab.linalg import _lapack
 from optlab.linalg._ops import matmul as _matmul
+from optlab.linalg._ops import max_abs_exponent, scale_pow2
 from optlab.linalg.lanczos import _unit, lanczos, tridiagonal
 
 INVERSE_ROOT_METHODS = ("auto", "eigh", "eigh64", "newton")
@@ -107,8 +124,16 @@ def max_eigenvalue_estimate(a: jax.Array, iters: int = 20) -> jax.Array:
 
     A lower bound that is within a few percent after 20 iterations for the spectra that
     statistics matrices have; deterministic (starts from the all-ones vector plus a ramp, which
-    is orthogonal to no eigenvector in practice).
+    is orthogonal to no eigenvector in practice). Scale invariant: runs on ``a`` scaled by a
+    power of two to unit size (the norms of ``a v`` would overflow float32 beyond ~1e19).
     """
+    k = max_abs_exponent(a)
+    return scale_pow2(_max_eigenvalue_unit_scale(scale_pow2(a, -k), iters)[..., None, None], k)[
+        ..., 0, 0
+    ]
+
+
+def _max_eigenvalue_unit_scale(a: jax.Array, iters: int) -> jax.Array:
     d = a.shape[-1]
     v = jnp.ones(a.shape[:-1], a.dtype) + jnp.arange(d, dtype=a.dtype) / d
     v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
@@ -147,27 +172,33 @@ def residual(a_regularized: jax.Array, root: jax.Array, p: int) -> jax.Array:
     bound on the spectral norm and, in expectation, the RMS of the eigenvalue residuals
     ``||X^p a - I||_F / sqrt(d)``. Matrix-vector products only (``O(p d^2)``): forming ``X^p a``
     would cost ``O(log p)`` matmuls, and on XLA's CPU backend a chain of matmuls feeding a
-    reduction runs ~20x slower than the matmuls themselves (jaxlib 0.10).
+    reduction runs ~20x slower than the matmuls themselves (jaxlib 0.10). Scale invariant:
+    ``X^p a = (2^k X)^p (2^(-p k) a)`` exactly, with ``2^(-p k) a`` of unit size, so the products
+    stay in range whatever the scale of ``a``.
     """
+    k = max_abs_exponent(a_regularized, p)
+    a_unit, root_unit = scale_pow2(a_regularized, -p * k), scale_pow2(root, k)
     v = _probes(a_regularized.shape[-1], a_regularized.dtype)
-    w = _matmul(a_regularized, v)
+    w = _matmul(a_unit, v)
     for _ in range(p):
-        w = _matmul(root, w)
+        w = _matmul(root_unit, w)
     return _probe_norm(w - v)
 
 
 def _eigh_root(a, p, eps, eps_floor):
-    # LAPACK works on column-major matrices: handing it a^T (the same matrix, read from its upper
-    # triangle, which is a's lower triangle in memory) and using the rows of v^T makes both
-    # layout changes free bitcasts instead of transposes of the whole stack (no symmetrizing
-    # copy either: on XLA's CPU backend such copies cost more than the work around the eigh).
-    v, w = jax.lax.linalg.eigh(jnp.swapaxes(a, -1, -2), lower=False, symmetrize_input=False)
-    rows = jnp.swapaxes(v, -1, -2)  # rows[..., k, :] is the k-th eigenvector
+    # Through optlab.linalg._lapack: jaxlib's own batched CPU eigh can hang a multi-device step.
+    # The eigenvectors as rows: how LAPACK's column-major output lies in memory (no transpose
+    # of the whole stack; on XLA's CPU backend such copies cost more than the work around it).
+    w, rows = _lapack.eigh(a, rows=True)
     w = jnp.maximum(w, 0.0)
     ridge = eps * w[..., -1:] + eps_floor
     w = w + ridge
-    root = jnp.einsum("...ki,...kj->...ij", rows * (w ** (-1.0 / p))[..., :, None], rows,
-                      precision=jax.lax.Precision.HIGHEST)
+    root = jnp.einsum(
+        "...ki,...kj->...ij",
+        rows * (w ** (-1.0 / p))[..., :, None],
+        rows,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     return root, ridge[..., 0]
 
 
@@ -182,23 +213,30 @@ def _host_eigh_root_numpy(a, eps, eps_floor, *, p: int):
     a = np.asarray(a, np.float64)
     finite = np.all(np.isfinite(a), axis=(-2, -1), keepdims=True)
     a = np.where(finite, a, np.eye(a.shape[-1]))
-    w, v = np.linalg.eigh(a, UPLO="L")
+    w, v = _lapack.host_eigh(a)
     w = np.maximum(w, 0.0)
-    ridge = (np.asarray(eps, np.float64)[..., None] * w[..., -1:]
-             + np.asarray(eps_floor, np.float64)[..., None])
+    ridge = (
+        np.asarray(eps, np.float64)[..., None] * w[..., -1:]
+        + np.asarray(eps_floor, np.float64)[..., None]
+    )
     root = (v * ((w + ridge) ** (-1.0 / p))[..., None, :]) @ np.swapaxes(v, -1, -2)
     return root.astype(out_dtype), ridge[..., 0].astype(out_dtype)
 
 
 def _host_eigh_root(a, p, eps, eps_floor):
     out = (jax.ShapeDtypeStruct(a.shape, a.dtype), jax.ShapeDtypeStruct(a.shape[:-2], a.dtype))
-    return jax.pure_callback(functools.partial(_host_eigh_root_numpy, p=p), out, a,
-                             jnp.asarray(eps, a.dtype), jnp.asarray(eps_floor, a.dtype),
-                             vmap_method="expand_dims")
+    return _lapack.host_call(
+        functools.partial(_host_eigh_root_numpy, p=p),
+        out,
+        a,
+        jnp.asarray(eps, a.dtype),
+        jnp.asarray(eps_floor, a.dtype),
+    )
 
 
-def condition_estimate(a: jax.Array, eps: float = 1e-6, eps_floor: float = 1e-16,
-                       steps: int = 24) -> jax.Array:
+def condition_estimate(
+    a: jax.Array, eps: float = 1e-6, eps_floor: float = 1e-16, steps: int = 24
+) -> jax.Array:
     """A lower estimate of the condition number of ``a + r I`` (the matrix whose root is taken).
 
     ``steps`` Lanczos iterations (:func:`optlab.linalg.lanczos.lanczos`) from a fixed start
@@ -209,8 +247,15 @@ def condition_estimate(a: jax.Array, eps: float = 1e-6, eps_floor: float = 1e-16
     latter: at d = 1024, 24 steps give 8.7 for a true 8.8 (G G^T / 4d), but 1.4e3 for a true
     9.9e3 (geometric spectrum) and 9.1e2 for a true 9.7e5 (near-singular G G^T / d). Matrix-
     vector products only (``O(steps d^2)``). ``inf`` for non-finite input. Batched over leading
-    dims.
+    dims. Scale invariant: runs on ``a`` and ``eps_floor`` scaled by a power of two that brings
+    ``a`` to unit size (Lanczos' vector norms would overflow float32 beyond ~1e19 and underflow
+    below ~1e-19).
     """
+    if a.shape[-1] == 0:
+        return jnp.ones(a.shape[:-2], a.dtype)
+    shift = max_abs_exponent(a)
+    eps_floor = scale_pow2(jnp.full(a.shape[:-2] + (1, 1), eps_floor, a.dtype), -shift)[..., 0, 0]
+    a = scale_pow2(a, -shift)
     d = a.shape[-1]
     k = min(steps, d)
     q0 = _unit(jnp.sum(_probes(d, a.dtype), axis=-1), jnp.ones((d,), a.dtype) / jnp.sqrt(d))
@@ -220,7 +265,7 @@ def condition_estimate(a: jax.Array, eps: float = 1e-6, eps_floor: float = 1e-16
             return jnp.matmul(m, v, precision=jax.lax.Precision.HIGHEST)
 
         _, alphas, betas = lanczos(matvec, q0, k, jax.random.key(0))
-        ritz = jnp.linalg.eigvalsh(tridiagonal(alphas, betas))
+        ritz = _lapack.eigh(tridiagonal(alphas, betas))[0]
         return jnp.stack([ritz[0], ritz[-1]])
 
     flat = a.reshape(-1, d, d)
@@ -246,6 +291,16 @@ def _auto_cpu_root(a, p, eps, eps_floor):
 
 
 def _newton_root(a, p, eps, eps_floor, max_iters, tol):
+    # Scale invariance: (2^(p k) b + r I)^(-1/p) = 2^-k (b + 2^(-p k) r I)^(-1/p) exactly, so the
+    # iteration runs on the unit-size b = 2^(-p k) a (z, H_0 and the probe residuals would
+    # overflow or underflow float32 for a beyond ~1e19 or below ~1e-19).
+    k = max_abs_exponent(a, p)
+    eps_floor = scale_pow2(jnp.full(a.shape[:-2] + (1, 1), eps_floor, a.dtype), -p * k)[..., 0, 0]
+    root, ridge = _newton_root_unit_scale(scale_pow2(a, -p * k), p, eps, eps_floor, max_iters, tol)
+    return scale_pow2(root, -k), scale_pow2(ridge[..., None, None], p * k)[..., 0, 0]
+
+
+def _newton_root_unit_scale(a, p, eps, eps_floor, max_iters, tol):
     lam = jnp.maximum(max_eigenvalue_estimate(a), 0.0)
     ridge = eps * lam + eps_floor
     eye = _eye_like(a)
@@ -287,8 +342,15 @@ def _newton_root(a, p, eps, eps_floor, max_iters, tol):
         # M - I is not, it can rise and fall).
         active = jnp.logical_and(active, jnp.logical_and(new_err > tol, new_err < prev_err))
         keep = active[..., None, None]
-        return (i + 1, jnp.where(keep, new_m, m), jnp.where(keep, new_h, h),
-                jnp.where(active, new_err, prev_err), best_h, best_err, active)
+        return (
+            i + 1,
+            jnp.where(keep, new_m, m),
+            jnp.where(keep, new_h, h),
+            jnp.where(active, new_err, prev_err),
+            best_h,
+            best_err,
+            active,
+        )
 
     *_, best_h, _, _ = jax.lax.while_loop(cond, body, state)
     return best_h, ridge
@@ -364,6 +426,8 @@ def inverse_root(
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
         raise ValueError(f"a must be square matrices of shape [..., d, d], got shape {a.shape}")
     a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    if a.shape[-1] == 0:  # 0 x 0 matrices: an empty root, and nothing to get wrong (error 0)
+        return InverseRoot(a, jnp.zeros(a.shape[:-2], a.dtype)) if return_error else a
     method = resolve_method(method)
     if method == "eigh":
         root, ridge = _eigh_root(a, p, eps, eps_floor)
@@ -380,4 +444,9 @@ def inverse_root(
     # Measured on root and a themselves for both methods (the coupled iteration's own M drifts
     # from root^p a by round-off).
     a_reg = a + ridge[..., None, None] * _eye_like(a)
-    return InverseRoot(root, residual(a_reg, root, p))
+    error = residual(a_reg, root, p)
+    # lambda_max(a_reg) < d 2^(p k) (module docstring, "Scale"), so the root's smallest eigenvalue
+    # exceeds d^(-1/p) 2^-k: flag the root when that bound is below the normal range.
+    k = max_abs_exponent(a_reg, p)
+    may_underflow = k + np.log2(a.shape[-1]) / p > -jnp.finfo(a.dtype).minexp
+    return InverseRoot(root, jnp.where(may_underflow, jnp.inf, error))
