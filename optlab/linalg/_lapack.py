@@ -199,8 +199,9 @@ def _c(c: str) -> np.ndarray:
     return np.frombuffer(c.encode(), np.uint8).copy()
 
 
-def _workspace(name: str, dtype, head: Sequence[np.ndarray],
-               tail: Sequence[np.ndarray] = ()) -> np.ndarray:
+def _workspace(
+    name: str, dtype, head: Sequence[np.ndarray], tail: Sequence[np.ndarray] = ()
+) -> np.ndarray:
     """LAPACK's workspace query: ``name(*head, work, lwork=-1, *tail, info)``."""
     query = np.empty(1, dtype)
     _call(name, dtype, *head, query, _i(-1), *tail, _i(0))
@@ -292,8 +293,21 @@ def _eigh_one(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.array(x.T, order="F")
     w = np.empty(n, x.dtype)
     lwork, liwork = 1 + 6 * n + 2 * n * n, 3 + 5 * n  # syevd's minimum with eigenvectors
-    _call("syevd", x.dtype, _c("V"), _c("U"), _i(n), a, _i(max(1, n)), w,
-          np.empty(lwork, x.dtype), _i(lwork), np.empty(liwork, np.int32), _i(liwork), _i(0))
+    _call(
+        "syevd",
+        x.dtype,
+        _c("V"),
+        _c("U"),
+        _i(n),
+        a,
+        _i(max(1, n)),
+        w,
+        np.empty(lwork, x.dtype),
+        _i(lwork),
+        np.empty(liwork, np.int32),
+        _i(liwork),
+        _i(0),
+    )
     return w, a.T  # column-major eigenvectors read row-major: v^T, without a transpose
 
 
@@ -359,8 +373,7 @@ def host_svd(a: np.ndarray, compute_uv: bool = True):
     if not compute_uv:
         (s,) = _guarded(lambda x: _svd_one(x, False), [flat], [(k,)], flat.dtype)
         return s.reshape(*batch, k)
-    u, s, vt = _guarded(lambda x: _svd_one(x, True), [flat], [(m, k), (k,), (k, n)],
-                        flat.dtype)
+    u, s, vt = _guarded(lambda x: _svd_one(x, True), [flat], [(m, k), (k,), (k, n)], flat.dtype)
     return u.reshape(*batch, m, k), s.reshape(*batch, k), vt.reshape(*batch, k, n)
 
 

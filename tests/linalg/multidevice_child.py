@@ -229,11 +229,11 @@ def kernel_case(mesh: Mesh) -> dict:
         "qr": jax.jit(_lapack.qr),
         # Four independent batched eighs in one program, nothing ordering them (the hang
         # optlab.linalg._ordering.after works around inside a program with jaxlib's kernels).
-        "independent": jax.jit(lambda x: jnp.stack([_lapack.eigh(x * (i + 1.0))[0] / (i + 1.0)
-                                                    for i in range(4)])),
+        "independent": jax.jit(
+            lambda x: jnp.stack([_lapack.eigh(x * (i + 1.0))[0] / (i + 1.0) for i in range(4)])
+        ),
     }
-    inputs = {"eigh": spd, "eigh64": spd, "auto": spd, "svd": wide, "qr": tall,
-              "independent": spd}
+    inputs = {"eigh": spd, "eigh64": spd, "auto": spd, "svd": wide, "qr": tall, "independent": spd}
     outputs = {}
     for name, place in _placements(mesh):
         outputs[name] = {
@@ -275,8 +275,10 @@ def kernel_case(mesh: Mesh) -> dict:
         # Eigenvalues of each run within (d + sqrt(d)) u ||a||_2 of the exact ones (backward
         # error of LAPACK and of rounding the scaled input): two runs within twice that.
         lam = np.max(np.abs(ref["independent"]), axis=-1, keepdims=True)
-        case["independent"] = [float(np.max(np.abs(res["independent"] - ref["independent"])
-                                            / lam)), 2 * (128 + np.sqrt(128)) * U32]
+        case["independent"] = [
+            float(np.max(np.abs(res["independent"] - ref["independent"]) / lam)),
+            2 * (128 + np.sqrt(128)) * U32,
+        ]
         out[name] = case
     return out
 

@@ -113,8 +113,9 @@ def test_eigh_jvp_and_grad():
     a, q = _sym_with_spectrum(rng, w_true)
     da = rng.standard_normal((d, d))
     da = da + da.T
-    (w, v), (dw, dv) = jax.jvp(_lapack.eigh, (jnp.asarray(a, jnp.float32),),
-                               (jnp.asarray(da, jnp.float32),))
+    (w, v), (dw, dv) = jax.jvp(
+        _lapack.eigh, (jnp.asarray(a, jnp.float32),), (jnp.asarray(da, jnp.float32),)
+    )
     c = q.T @ da @ q  # exact first-order perturbation theory, float64
     dw_ref = np.diag(c)
     f = 1.0 / (np.eye(d) + w_true[None, :] - w_true[:, None]) - np.eye(d)
@@ -144,18 +145,23 @@ def test_svd_against_float64(shape):
     s_ref = np.linalg.svd(x, compute_uv=False)
     assert np.all(np.max(np.abs(np.asarray(s, np.float64) - s_ref), axis=-1) <= m * U32 * norm)
     s_only = _lapack.svd(jnp.asarray(x, jnp.float32), compute_uv=False)
-    assert np.all(np.max(np.abs(np.asarray(s_only, np.float64) - s_ref), axis=-1)
-                  <= m * U32 * norm)
+    assert np.all(np.max(np.abs(np.asarray(s_only, np.float64) - s_ref), axis=-1) <= m * U32 * norm)
     recon = np.einsum("bik,bk,bkj->bij", *(np.asarray(t, np.float64) for t in (u, s, vt)))
-    assert np.all(np.linalg.norm(recon - x, axis=(-2, -1))
-                  <= m * U32 * np.linalg.norm(x, axis=(-2, -1)) * 4)
+    assert np.all(
+        np.linalg.norm(recon - x, axis=(-2, -1)) <= m * U32 * np.linalg.norm(x, axis=(-2, -1)) * 4
+    )
     eye = np.eye(k)
-    assert np.max(np.abs(np.swapaxes(np.asarray(u, np.float64), -1, -2) @ np.asarray(u) - eye)) \
+    assert (
+        np.max(np.abs(np.swapaxes(np.asarray(u, np.float64), -1, -2) @ np.asarray(u) - eye))
         <= m * U32 * 4
+    )
     # d s_i = u_i^T dA v_i (exact first order); factors off by m u ||x|| / gap at most.
     dx = rng.standard_normal((3, *shape))
-    _, ds = jax.jvp(lambda y: _lapack.svd(y, compute_uv=False), (jnp.asarray(x, jnp.float32),),
-                    (jnp.asarray(dx, jnp.float32),))
+    _, ds = jax.jvp(
+        lambda y: _lapack.svd(y, compute_uv=False),
+        (jnp.asarray(x, jnp.float32),),
+        (jnp.asarray(dx, jnp.float32),),
+    )
     u64, _, vt64 = np.linalg.svd(x, full_matrices=False)
     ds_ref = np.einsum("bik,bij,bkj->bk", u64, dx, vt64)
     s_all = np.linalg.svd(x, compute_uv=False)
@@ -176,15 +182,18 @@ def test_qr_against_the_input(shape):
     m = max(shape)
     # Householder QR is backward stable: ||QR - x|| and ||Q^T Q - I|| within m u ||x|| and m u
     # (4 m u used).
-    assert np.all(np.linalg.norm(q64 @ r64 - x, axis=(-2, -1))
-                  <= 4 * m * U32 * np.linalg.norm(x, axis=(-2, -1)))
+    assert np.all(
+        np.linalg.norm(q64 @ r64 - x, axis=(-2, -1))
+        <= 4 * m * U32 * np.linalg.norm(x, axis=(-2, -1))
+    )
     assert np.max(np.abs(np.swapaxes(q64, -1, -2) @ q64 - np.eye(k))) <= 4 * m * U32
     if shape[0] >= shape[1]:
         # The exact derivative satisfies dQ R + Q dR = dA, Q^T dQ skew, dR upper triangular.
         # The computed one misses by the solve with R (kappa(R) u) and the products (m u).
         dx = rng.standard_normal(x.shape)
-        _, (dq, dr) = jax.jvp(_lapack.qr, (jnp.asarray(x, jnp.float32),),
-                              (jnp.asarray(dx, jnp.float32),))
+        _, (dq, dr) = jax.jvp(
+            _lapack.qr, (jnp.asarray(x, jnp.float32),), (jnp.asarray(dx, jnp.float32),)
+        )
         dq, dr = np.asarray(dq, np.float64), np.asarray(dr, np.float64)
         kappa = np.max(np.linalg.cond(r64))
         tol = 4 * m * U32 * kappa * np.max(np.linalg.norm(dx, axis=(-2, -1)))
@@ -200,7 +209,8 @@ def test_host_call_broadcasts_unbatched_operands_under_vmap():
 
     out = jax.ShapeDtypeStruct((3,), jnp.float32)
     got = jax.vmap(lambda x: _lapack.host_call(fn, out, x, jnp.float32(2.0)))(
-        jnp.arange(12.0).reshape(4, 3))
+        jnp.arange(12.0).reshape(4, 3)
+    )
     np.testing.assert_array_equal(got, 2 * np.arange(12.0).reshape(4, 3))
 
 
