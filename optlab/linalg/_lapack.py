@@ -22,16 +22,16 @@ called a multithreaded OpenBLAS from up to 8 threads at once on 2 cores, and a s
 
 What this module does instead. On CPU the whole batch goes to the host in a callback that runs
 on the XLA thread reaching it (:func:`host_call`), and there to LAPACK: the routines jaxlib's
-kernels call (SciPy's, through ctypes), matrix by matrix, in contiguous chunks of the batch over
-this module's own threads, as jaxlib split it over XLA's pool (so one device keeps jaxlib's
-speed), but on threads that nothing else ever waits for. A process-wide lock lets one host
-LAPACK call run at a time (its chunks already use every core; more at once only oversubscribe
-them), and the holder waits for nothing but its own chunks: neither can deadlock, whatever the
-number of devices or of concurrent calls. Under jit's automatic sharding XLA runs a callback
-once, on one device, on the whole operand (gathered there, the result broadcast back):
-replicated statistics are factored once instead of once per device. Inside ``shard_map`` every
-device runs it on its own shard. Off CPU these functions are the ``jax.lax.linalg`` kernels
-(the operands stay on the accelerator).
+kernels call (SciPy's, through ctypes), matrix by matrix; when the BLAS is single-threaded, in
+contiguous chunks over this module's own threads, as jaxlib split a batch over XLA's pool (so
+one device keeps jaxlib's speed), but on threads that nothing else ever waits for. A
+process-wide lock lets one host LAPACK call run at a time (it already uses every core; more at
+once only oversubscribe them), and the holder waits for nothing but its own chunks: neither can
+deadlock, whatever the number of devices or of concurrent calls. Under jit's automatic
+sharding XLA runs a callback once, on one device, on the whole operand (gathered there, the
+result broadcast back): replicated statistics are factored once instead of once per device.
+Inside ``shard_map`` every device runs it on its own shard. Off CPU these functions are the
+``jax.lax.linalg`` kernels (the operands stay on the accelerator).
 
 Shared semantics: real matrices, batched over leading dimensions, computed in float32 at least
 (float64 stays float64); :func:`eigh` reads only the lower triangle. A matrix with a non-finite
@@ -208,9 +208,24 @@ def _workspace(
     return np.empty(max(1, int(query[0])), dtype)
 
 
-#: Host threads a batch is split over: the cores this process may use, at most 16 (jaxlib's
-#: own split used every core of XLA's pool; that oversubscribed OpenBLAS's threads on hosts
-#: with hundreds of cores, jax issue #39292).
+class _Bound:
+    """A LAPACK routine with every argument bound by address (``info`` last, reset per call):
+    the per-matrix cost of a call is then one ctypes call, however many arguments."""
+
+    def __init__(self, name: str, dtype, *args: np.ndarray):
+        self.name, self.args = name, args  # args: kept alive while their addresses are used
+        self.info = np.zeros(1, np.int32)
+        self.fn = _routine(_LAPACK_PREFIX[np.dtype(dtype)] + name, len(args) + 1)
+        self.addresses = [x.ctypes.data for x in args] + [self.info.ctypes.data]
+
+    def __call__(self) -> None:
+        self.info[0] = 0
+        self.fn(*self.addresses)
+        if self.info[0] != 0:
+            raise np.linalg.LinAlgError(f"LAPACK {self.name} failed (info = {self.info[0]})")
+
+
+#: Host threads a batch may be split over: the cores this process may use, at most 16.
 _WORKERS = max(
     1,
     min(
@@ -223,35 +238,66 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _MIN_CHUNK_WORK = 2e6
 
 
+@functools.cache
+def _blas_threads_query() -> Callable[[], int] | None:
+    """How many threads the BLAS under SciPy's LAPACK uses, if it says (OpenBLAS does)."""
+    try:
+        lib = ctypes.CDLL(cython_lapack.__file__)  # dlsym also searches its dependencies
+    except OSError:
+        return None
+    for name in ("scipy_openblas_get_num_threads", "openblas_get_num_threads"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = ctypes.c_int, []
+            return fn
+    return None
+
+
+def _batch_threads() -> int:
+    """Threads to split a batch over: all cores when the BLAS runs single-threaded (then it is
+    jaxlib 0.10's split of a batch over XLA's pool, which on one device made it ~cores times
+    faster), else 1: each LAPACK call then uses the BLAS's own threads, and several at once
+    would only fight over the cores (OpenBLAS's threads spin; jaxlib's split of a batch over
+    a multithreaded OpenBLAS ran 10x slower on a busy 2-core machine, and corrupted memory on
+    hosts with hundreds of cores, jax issue #39292, which is why jax stopped it)."""
+    query = _blas_threads_query()
+    return _WORKERS if query is not None and query() == 1 else 1
+
+
+OneMatrix = Callable[..., Sequence[np.ndarray]]
+
+
 def _guarded(
-    fn: Callable[..., Sequence[np.ndarray]],
+    make_fn: Callable[[], OneMatrix],
     inputs: Sequence[np.ndarray],
     out_shapes: Sequence[tuple[int, ...]],
     dtype,
 ) -> tuple[np.ndarray, ...]:
-    """``fn`` (one matrix) over the leading batch axis of ``inputs`` (all ``[b, ...]``).
+    """``fn = make_fn()`` (one matrix) over the leading batch axis of ``inputs`` (``[b, ...]``).
 
     NaN outputs for a matrix with a non-finite input (LAPACK may loop long or return garbage
-    on NaN) or on which LAPACK fails (``fn`` raises ``LinAlgError``). ``out_shapes`` are the
-    per-matrix output shapes. The batch is split in contiguous chunks over host threads, as
-    jaxlib 0.10's kernels split it over XLA's pool (so one device keeps their speed), but on a
-    pool of this module's own that nothing else ever waits on: one host LAPACK call runs at a
-    time (the lock) and its chunks wait for nothing but a free core.
+    on NaN) or on which LAPACK fails (``fn`` raises ``LinAlgError``); ``out_shapes`` are the
+    per-matrix output shapes. ``make_fn`` runs once per chunk (so ``fn`` may reuse workspaces).
+    When the BLAS is single-threaded the batch is split in contiguous chunks over host threads
+    (:func:`_batch_threads`), on a pool of this module's own that nothing else ever waits on:
+    one host LAPACK call runs at a time (the lock) and its chunks wait for nothing but a core.
     """
     global _POOL
     batch = inputs[0].shape[0]
+    if batch == 0 or any(x.size == 0 for x in inputs):  # no matrices, or empty ones
+        return tuple(np.empty((batch, *shape), dtype) for shape in out_shapes)
     m, n = inputs[0].shape[-2:]
     work = 10.0 * m * n * min(m, n)  # ~flops of one eigh or SVD (a QR: fewer)
-    chunks = int(min(_WORKERS, batch, max(1.0, batch * work // _MIN_CHUNK_WORK)))
+    chunks = int(min(_batch_threads(), batch, max(1.0, batch * work // _MIN_CHUNK_WORK)))
     if chunks <= 1:
-        return _guarded_chunk(fn, inputs, out_shapes, dtype)
+        return _guarded_chunk(make_fn, inputs, out_shapes, dtype)
     if _POOL is None:
         _POOL = concurrent.futures.ThreadPoolExecutor(_WORKERS, "optlab-lapack")
     bounds = np.linspace(0, batch, chunks + 1).astype(int)
     parts = list(
         _POOL.map(
             lambda lo_hi: _guarded_chunk(
-                fn, [x[lo_hi[0] : lo_hi[1]] for x in inputs], out_shapes, dtype
+                make_fn, [x[lo_hi[0] : lo_hi[1]] for x in inputs], out_shapes, dtype
             ),
             zip(bounds[:-1], bounds[1:]),
         )
@@ -260,21 +306,20 @@ def _guarded(
 
 
 def _guarded_chunk(
-    fn: Callable[..., Sequence[np.ndarray]],
+    make_fn: Callable[[], OneMatrix],
     inputs: Sequence[np.ndarray],
     out_shapes: Sequence[tuple[int, ...]],
     dtype,
 ) -> tuple[np.ndarray, ...]:
     batch = inputs[0].shape[0]
-    if any(x.size == 0 for x in inputs):  # no matrices, or empty ones: empty factors
-        return tuple(np.empty((batch, *shape), dtype) for shape in out_shapes)
     outs = tuple(np.full((batch, *shape), np.nan, dtype) for shape in out_shapes)
-    for i in range(batch):
-        xs = [x[i] for x in inputs]
-        if not all(np.isfinite(x).all() for x in xs):
-            continue
+    finite = np.ones(batch, bool)
+    for x in inputs:
+        finite &= np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+    fn = make_fn()
+    for i in np.flatnonzero(finite):
         try:
-            for out, value in zip(outs, fn(*xs)):
+            for out, value in zip(outs, fn(*(x[i] for x in inputs))):
                 out[i] = value
         except np.linalg.LinAlgError:
             pass  # this matrix stays NaN
@@ -286,73 +331,113 @@ def _flat(a: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     return a.reshape(math.prod(a.shape[:-2]), *a.shape[-2:]), a.shape[:-2]
 
 
-def _eigh_one(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``syevd`` of one matrix (its lower triangle): ``(w, v^T)``."""
-    n = x.shape[-1]
-    # x^T is Fortran-ordered as x lies in memory, and its upper triangle is x's lower one.
-    a = np.array(x.T, order="F")
-    w = np.empty(n, x.dtype)
-    lwork, liwork = 1 + 6 * n + 2 * n * n, 3 + 5 * n  # syevd's minimum with eigenvectors
-    _call(
-        "syevd",
-        x.dtype,
-        _c("V"),
-        _c("U"),
-        _i(n),
-        a,
-        _i(max(1, n)),
-        w,
-        np.empty(lwork, x.dtype),
-        _i(lwork),
-        np.empty(liwork, np.int32),
-        _i(liwork),
-        _i(0),
-    )
-    return w, a.T  # column-major eigenvectors read row-major: v^T, without a transpose
+_V, _N, _S, _U = (_c(c) for c in "VNSU")
 
 
-def _svd_one(x: np.ndarray, compute_uv: bool) -> tuple[np.ndarray, ...]:
-    """Thin ``gesdd`` of one matrix: ``(u, s, vt)`` or ``(s,)``."""
-    m, n = x.shape
+def _eigh_maker(n: int, dtype) -> Callable[[], OneMatrix]:
+    """``syevd`` of one ``n x n`` matrix (its lower triangle): ``(w, v^T)``."""
+
+    def make():
+        a = np.empty((n, n), dtype, order="F")
+        w = np.empty(n, dtype)
+        lwork, liwork = 1 + 6 * n + 2 * n * n, 3 + 5 * n  # syevd's minimum with eigenvectors
+        syevd = _Bound(
+            "syevd",
+            dtype,
+            _V,
+            _U,
+            _i(n),
+            a,
+            _i(max(1, n)),
+            w,
+            np.empty(lwork, dtype),
+            _i(lwork),
+            np.empty(liwork, np.int32),
+            _i(liwork),
+        )
+
+        def one(x):
+            # x^T is Fortran-ordered as x lies in memory; its upper triangle is x's lower one.
+            a[...] = x.T
+            syevd()
+            return w, a.T  # column-major eigenvectors read row-major: v^T, no transpose
+
+        return one
+
+    return make
+
+
+def _svd_maker(m: int, n: int, dtype, compute_uv: bool) -> Callable[[], OneMatrix]:
+    """Thin ``gesdd`` of one ``m x n`` matrix: ``(u, s, vt)`` or ``(s,)``."""
     k = min(m, n)
-    # The SVD of x^T (Fortran-ordered as x lies in memory): x^T = V S U^T.
-    a = np.array(x.T, order="F")
-    s = np.empty(k, x.dtype)
-    # LAPACK's column-major V (n x k) and U^T (k x m) are, read row-major, exactly x's vt
-    # (k x n) and u (m x k).
-    if compute_uv:
-        jobz, vt, u = "S", np.empty((k, n), x.dtype), np.empty((m, k), x.dtype)
-        ld_v, ld_ut = max(1, n), max(1, k)
-    else:
-        jobz, vt, u, ld_v, ld_ut = "N", np.empty(1, x.dtype), np.empty(1, x.dtype), 1, 1
-    head = (_c(jobz), _i(n), _i(m), a, _i(max(1, n)), s, vt, _i(ld_v), u, _i(ld_ut))
-    iwork = np.empty(8 * k, np.int32)
-    work = _workspace("gesdd", x.dtype, head, (iwork,))
-    _call("gesdd", x.dtype, *head, work, _i(len(work)), iwork, _i(0))
-    return (u, s, vt) if compute_uv else (s,)
+
+    def make():
+        # The SVD of x^T (Fortran-ordered as x lies in memory): x^T = V S U^T, and LAPACK's
+        # column-major V (n x k) and U^T (k x m) are, read row-major, x's vt and u.
+        a = np.empty((n, m), dtype, order="F")
+        s = np.empty(k, dtype)
+        if compute_uv:
+            vt, u, ld_v, ld_ut = np.empty((k, n), dtype), np.empty((m, k), dtype), n, k
+        else:
+            vt, u, ld_v, ld_ut = np.empty(1, dtype), np.empty(1, dtype), 1, 1
+        head = (
+            _S if compute_uv else _N,
+            _i(n),
+            _i(m),
+            a,
+            _i(max(1, n)),
+            s,
+            vt,
+            _i(max(1, ld_v)),
+            u,
+            _i(max(1, ld_ut)),
+        )
+        iwork = np.empty(8 * k, np.int32)
+        work = _workspace("gesdd", dtype, head, (iwork,))
+        gesdd = _Bound("gesdd", dtype, *head, work, _i(len(work)), iwork)
+
+        def one(x):
+            a[...] = x.T
+            gesdd()
+            return (u, s, vt) if compute_uv else (s,)
+
+        return one
+
+    return make
 
 
-def _qr_one(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``geqrf`` and ``orgqr`` of one matrix: reduced ``(q, r)``."""
-    m, n = x.shape
+def _qr_maker(m: int, n: int, dtype) -> Callable[[], OneMatrix]:
+    """``geqrf`` and ``orgqr`` of one ``m x n`` matrix: reduced ``(q, r)``."""
     k = min(m, n)
-    a = np.array(x, order="F")
-    tau = np.empty(k, x.dtype)
-    head = (_i(m), _i(n), a, _i(max(1, m)), tau)
-    work = _workspace("geqrf", x.dtype, head)
-    _call("geqrf", x.dtype, *head, work, _i(len(work)), _i(0))
-    r = np.triu(a[:k, :])
-    head = (_i(m), _i(k), _i(k), a, _i(max(1, m)), tau)  # Q from a's first k columns
-    work = _workspace("orgqr", x.dtype, head)
-    _call("orgqr", x.dtype, *head, work, _i(len(work)), _i(0))
-    return a[:, :k], r
+
+    def make():
+        a = np.empty((m, n), dtype, order="F")
+        tau = np.empty(k, dtype)
+        head_qr = (_i(m), _i(n), a, _i(max(1, m)), tau)
+        head_q = (_i(m), _i(k), _i(k), a, _i(max(1, m)), tau)  # Q from a's first k columns
+        work = max(
+            (_workspace("geqrf", dtype, head_qr), _workspace("orgqr", dtype, head_q)), key=len
+        )
+        geqrf = _Bound("geqrf", dtype, *head_qr, work, _i(len(work)))
+        orgqr = _Bound("orgqr", dtype, *head_q, work, _i(len(work)))
+
+        def one(x):
+            a[...] = x
+            geqrf()
+            r = np.triu(a[:k, :])
+            orgqr()
+            return a[:, :k], r
+
+        return one
+
+    return make
 
 
 def _host_eigh_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`host_eigh` with ``v^T`` (row ``k``: the ``k``-th eigenvector) in place of ``v``."""
     flat, batch = _flat(a)
     d = flat.shape[-1]
-    w, vt = _guarded(_eigh_one, [flat], [(d,), (d, d)], flat.dtype)
+    w, vt = _guarded(_eigh_maker(d, flat.dtype), [flat], [(d,), (d, d)], flat.dtype)
     return w.reshape(*batch, d), vt.reshape(*batch, d, d)
 
 
@@ -370,10 +455,11 @@ def host_svd(a: np.ndarray, compute_uv: bool = True):
     flat, batch = _flat(a)
     m, n = flat.shape[-2:]
     k = min(m, n)
+    make = _svd_maker(m, n, flat.dtype, compute_uv)
     if not compute_uv:
-        (s,) = _guarded(lambda x: _svd_one(x, False), [flat], [(k,)], flat.dtype)
+        (s,) = _guarded(make, [flat], [(k,)], flat.dtype)
         return s.reshape(*batch, k)
-    u, s, vt = _guarded(lambda x: _svd_one(x, True), [flat], [(m, k), (k,), (k, n)], flat.dtype)
+    u, s, vt = _guarded(make, [flat], [(m, k), (k,), (k, n)], flat.dtype)
     return u.reshape(*batch, m, k), s.reshape(*batch, k), vt.reshape(*batch, k, n)
 
 
@@ -382,7 +468,7 @@ def host_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat, batch = _flat(a)
     m, n = flat.shape[-2:]
     k = min(m, n)
-    q, r = _guarded(_qr_one, [flat], [(m, k), (k, n)], flat.dtype)
+    q, r = _guarded(_qr_maker(m, n, flat.dtype), [flat], [(m, k), (k, n)], flat.dtype)
     return q.reshape(*batch, m, k), r.reshape(*batch, k, n)
 
 
@@ -396,7 +482,7 @@ def _host_solve_right(b: np.ndarray, r: np.ndarray) -> np.ndarray:
     def solve(bb, rr):  # x r = b  <=>  r^T x^T = b^T
         return (np.linalg.solve(rr.T, bb.T).T,)
 
-    (x,) = _guarded(solve, [flat_b, flat_r], [flat_b.shape[1:]], flat_b.dtype)
+    (x,) = _guarded(lambda: solve, [flat_b, flat_r], [flat_b.shape[1:]], flat_b.dtype)
     return x.reshape(*batch, *b.shape[-2:])
 
 

@@ -12,13 +12,14 @@ Methods:
 ``"eigh"``
     ``V diag((w + r)^{-1/p}) V^T`` from LAPACK's float32 ``eigh`` (eigenvalues clipped at 0 first:
     round-off makes those of a rank-deficient matrix slightly negative). Most accurate; on CPU
-    also the fastest (LAPACK's divide and conquer). On CPU the eigh runs in NumPy's LAPACK in a
-    host callback (:mod:`optlab.linalg._lapack`: jaxlib's batched CPU kernel can hang a step
-    that runs on several CPU devices); under automatic sharding it runs once, on one device.
+    also the fastest (LAPACK's divide and conquer). On CPU LAPACK runs on the host
+    (:mod:`optlab.linalg._lapack`: the ``syevd`` jaxlib's kernel calls, whose batched form can
+    hang a step that runs on several CPU devices); under automatic sharding, on one device.
 ``"eigh64"``
-    The same formula in float64, computed on the host by NumPy's LAPACK ``eigh`` through
-    ``jax.pure_callback`` (works under ``jit``, ``vmap`` and sharding; the operands travel to
-    the host, so on an accelerator this costs a transfer). float32 ``eigh`` resolves eigenvalues
+    The same formula in float64, computed on the host (LAPACK's ``dsyevd`` through
+    :func:`optlab.linalg._lapack.host_call`; works under ``jit``, ``vmap`` and sharding, on
+    any number of CPU devices; the operands travel to the host, so on an accelerator this
+    costs a transfer). float32 ``eigh`` resolves eigenvalues
     only to about ``2^-24 lambda_max``, so the root's relative error grows like
     ``2^-24 kappa``: 3e-4 at condition number ``kappa = 1e4`` for d = 1024, where float64 gives
     2e-8 for ~1.6x the float32 time on a 2-core CPU. Not differentiable (a host callback);

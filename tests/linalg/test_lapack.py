@@ -82,10 +82,9 @@ def test_threads_and_vmap_give_the_serial_results(monkeypatch):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((12, 48, 48)).astype(np.float32)
     a = a + np.swapaxes(a, -1, -2)
-    monkeypatch.setattr(_lapack, "_WORKERS", 1)
+    monkeypatch.setattr(_lapack, "_batch_threads", lambda: 1)
     serial = _lapack.host_eigh(a)
-    monkeypatch.setattr(_lapack, "_WORKERS", 3)
-    monkeypatch.setattr(_lapack, "_POOL", None)
+    monkeypatch.setattr(_lapack, "_batch_threads", lambda: 3)  # 3 chunks
     chunked = _lapack.host_eigh(a)
     vmapped = jax.vmap(_lapack.eigh)(jnp.asarray(a))
     for x, y, z in zip(serial, chunked, vmapped):
