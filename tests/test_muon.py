@@ -408,18 +408,27 @@ def test_finite_gradient_whose_adamw_moment_overflows_is_skipped_and_counted() -
     assert_trees_equal(new_state.inner, state.inner)
 
 
-def test_momentum_overflow_is_skipped_and_counted() -> None:
-    # max|G| = 1e38 (finite): N = G + beta M reaches 1e38 (1 + 1.95 * 0.95) = 2.85e38 at step 2
-    # and 3.7e38 > float32 max (3.4e38) at step 3, which must be skipped, not applied as NaN.
+def test_momentum_bound_keeps_the_momentum_finite_and_skips_above_it() -> None:
+    # The guard admits |G| <= (1 - beta) M / 4 (M = float32 max), which keeps |M_t| <= M / 2
+    # for ever (|M_t| <= beta M/2 + (1 - beta) M/4): gradients at 0.99 of the bound, repeated
+    # until the momentum has converged to ~G / (1 - beta) = 0.99 M / 4 (0.95^300 ~ 2e-7), are all
+    # applied, with finite momentum and output; 1.01 of the bound is skipped at once.
+    beta, largest = 0.95, float(np.finfo(np.float32).max)
+    bound = (1 - beta) * largest / 4
     r = np.asarray(random_tree(17, {"w": (4, 8)})["w"], np.float64)
-    g = {"w": jnp.asarray(1e38 * r / np.abs(r).max(), jnp.float32)}
-    tx = scale_by_muon(beta=0.95, scale=None)
+    direction = r / np.abs(r).max()
+    tx = scale_by_muon(beta=beta, scale=None)
     update = jax.jit(tx.update)
+    g = {"w": jnp.asarray(0.99 * bound * direction, jnp.float32)}
     state = tx.init(g)
-    for _ in range(2):
+    for _ in range(300):
         u, state = update(g, state)
-        assert np.all(np.isfinite(np.asarray(u["w"]))) and int(state.skipped_steps) == 0
-    u, new_state = update(g, state)
+    assert int(state.skipped_steps) == 0
+    mu = np.asarray(state.inner.mu["w"], np.float64)
+    assert np.all(np.isfinite(mu)) and np.abs(mu).max() <= largest / 2
+    np.testing.assert_allclose(np.abs(mu).max(), 0.99 * bound / (1 - beta), rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(u["w"])))
+    u, new_state = update({"w": jnp.asarray(1.01 * bound * direction, jnp.float32)}, state)
     assert_all_zero(u)
     assert int(new_state.skipped_steps) == 1
     assert_trees_equal(new_state.inner, state.inner)

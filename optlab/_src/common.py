@@ -23,7 +23,9 @@ The NaN/Inf policy (:func:`skip_nonfinite`)
     the perturbed point), is skipped: the update is exactly zero, the whole inner state is left
     as it was, and ``skipped_steps`` is incremented. Nothing non-finite ever enters the state, so
     the optimizer continues normally on the next good gradient. ``optax.apply_if_finite`` checks
-    only the incoming gradient; overflowing statistics would get through it.
+    only the incoming gradient; overflowing statistics would get through it. Transforms that can
+    bound their new state from the gradient beforehand (Shampoo, Muon) decide before the step
+    (``step_is_safe``), which spares the copy of the old state that undoing a step needs.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ __all__ = [
     "check_learning_rate",
     "check_number",
     "is_inexact",
+    "max_abs_within",
     "skip_nonfinite",
+    "square_sums",
     "tree_all_finite",
     "upcast",
 ]
@@ -224,24 +228,72 @@ class SkipNonFiniteState(NamedTuple):
     skipped_steps: jax.Array
 
 
+#: Headroom the gradient checks of :func:`skip_nonfinite`'s ``step_is_safe`` keep below the
+#: largest finite value: with a new statistic bounded by a quarter of it, the few roundings of an
+#: update (``decay * old + weight * new``) cannot reach it.
+HEADROOM = 0.25
+
+
+def max_abs_within(tree: Any, limit: Callable[[jax.Array], Any]) -> jax.Array:
+    """Whether every floating leaf ``x`` has ``max|x| <= limit(x)`` (False for a NaN or Inf).
+
+    One reduction per leaf, as :func:`tree_all_finite`; ``limit`` receives the leaf and may
+    return a traced value (a hyperparameter under ``optax.inject_hyperparams``).
+    """
+    checks = [
+        jnp.max(jnp.abs(x)).astype(jnp.float32) <= jnp.asarray(limit(x), jnp.float32)
+        for x in jax.tree.leaves(tree)
+        if is_inexact(x) and x.size
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def square_sums(tree: Any, dtype: Any) -> jax.Array:
+    """The largest per-leaf sum of squares of ``tree``'s floating leaves, computed in ``dtype``
+    (NaN or Inf when a leaf holds one or its sum overflows; 0 for no leaves).
+
+    A bound, before they are formed, on every Gram diagonal ``sum_j G_ij^2`` and every squared
+    entry a statistic of the leaf accumulates: each is at most its leaf's sum of squares.
+    """
+    sums = [jnp.sum(jnp.square(x.astype(dtype))) for x in jax.tree.leaves(tree) if is_inexact(x)]
+    # max propagates NaN; an overflowing sum is Inf.
+    return jnp.max(jnp.stack(sums)) if sums else jnp.zeros([], dtype)
+
+
 def skip_nonfinite(
     inner: optax.GradientTransformation,
     *,
     state_is_finite: Callable[[optax.OptState], jax.Array] | None = None,
+    step_is_safe: Callable[[optax.Updates, optax.OptState], jax.Array] | None = None,
+    check_updates: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """``inner`` under optlab's NaN/Inf policy (module docstring): a bad step changes nothing.
 
-    The inner update runs (under ``lax.cond``) only when the incoming gradient is finite; its
-    result is kept only if the new inner state and the update are finite too. Otherwise the
-    update is zero, the inner state is unchanged and ``skipped_steps`` grows by one. Extra keyword
-    arguments of ``update`` (e.g. SAM's ``grad_fn``) are passed on to ``inner``, unknown ones are
-    ignored as optax's ``with_extra_args_support`` does.
+    By default the inner update runs (under ``lax.cond``) only when the incoming gradient is
+    finite, and its result is kept only if the new inner state and the update are finite too.
+    Otherwise the update is zero, the inner state is unchanged and ``skipped_steps`` grows by
+    one. Extra keyword arguments of ``update`` (e.g. SAM's ``grad_fn``) are passed on to
+    ``inner``, unknown ones are ignored as optax's ``with_extra_args_support`` does.
+
+    Checking after the step means holding the old state until the new one is known: one more
+    pass over the whole state per step (~10% of a Shampoo or Muon step on CPU). A transform that
+    can tell from the gradient (and its state) beforehand that its new state will be finite
+    passes ``step_is_safe`` instead: the step then runs only when it returns True, XLA updates
+    the state in place, and only the update is checked afterwards. An update that still comes
+    out non-finite is zeroed and counted as skipped, the (finite) state keeping the step. Where
+    the bound makes the update finite too, ``check_updates=False`` drops that last check (a
+    reduction per leaf: ~10% of the compile time of a transformer's Muon step).
 
     Args:
       inner: any optax transform.
       state_is_finite: a cheaper check of the new inner state than reading every element, for
-        transforms that know where a non-finite value would show first (Shampoo checks the
-        diagonals of its statistics); default: every floating leaf.
+        transforms that know where a non-finite value would show first; default: every
+        floating leaf.
+      step_is_safe: ``(gradient, inner_state) -> bool``, True only if ``inner``'s update from
+        them is sure to leave a finite state (False for a non-finite gradient); see above.
+        Exclusive with ``state_is_finite``.
+      check_updates: with ``step_is_safe``, whether the update is still checked (default);
+        ``False`` only where ``step_is_safe`` also guarantees a finite update.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -252,27 +304,35 @@ def skip_nonfinite(
       >>> updates.tolist(), int(state.skipped_steps)
       ([0.0, 0.0], 1)
     """
+    if state_is_finite is not None and step_is_safe is not None:
+        raise ValueError("skip_nonfinite: give state_is_finite or step_is_safe, not both")
+    if not check_updates and step_is_safe is None:
+        raise ValueError("skip_nonfinite: check_updates=False needs step_is_safe")
     inner = optax.with_extra_args_support(inner)
     check_state = tree_all_finite if state_is_finite is None else state_is_finite
 
     def init_fn(params):
-        return SkipNonFiniteState(inner=inner.init(params), skipped_steps=jnp.zeros([], jnp.int32))
+        return SkipNonFiniteState(inner.init(params), skipped_steps=jnp.zeros([], jnp.int32))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def inner_update(updates, state, params, extra_args):
+        new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
+        # Updates keep the gradient's dtypes (the optax convention apply_if_finite relies on
+        # too); the skip branch can then be built without tracing inner twice.
+        new_updates = jax.tree.map(lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates)
+        return new_updates, new_inner
+
+    def skip(updates, state):
+        return optax.tree.zeros_like(updates), state.inner, jnp.asarray(False)
+
+    def checked_after(updates, state, params, extra_args):
         def run():
-            new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
-            # Updates keep the gradient's dtypes (the optax convention apply_if_finite relies on
-            # too); the skip branch below can then be built without tracing inner twice.
-            new_updates = jax.tree.map(
-                lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates
-            )
+            new_updates, new_inner = inner_update(updates, state, params, extra_args)
             ok = jnp.logical_and(check_state(new_inner), tree_all_finite(new_updates))
             return new_updates, new_inner, ok
 
-        def skip():
-            return optax.tree.zeros_like(updates), state.inner, jnp.asarray(False)
-
-        new_updates, new_inner, ok = jax.lax.cond(tree_all_finite(updates), run, skip)
+        new_updates, new_inner, ok = jax.lax.cond(
+            tree_all_finite(updates), run, lambda: skip(updates, state)
+        )
         # Both branches of this cond have the result computed already; a second cond (not a
         # select per leaf) keeps XLA from emitting one select kernel per state leaf.
         new_updates, new_inner = jax.lax.cond(
@@ -280,6 +340,27 @@ def skip_nonfinite(
             lambda: (new_updates, new_inner),
             lambda: (jax.tree.map(jnp.zeros_like, new_updates), state.inner),
         )
+        return new_updates, new_inner, ok
+
+    def checked_before(updates, state, params, extra_args):
+        def run():
+            new_updates, new_inner = inner_update(updates, state, params, extra_args)
+            ok = tree_all_finite(new_updates) if check_updates else jnp.asarray(True)
+            return new_updates, new_inner, ok
+
+        new_updates, new_inner, ok = jax.lax.cond(
+            step_is_safe(updates, state.inner), run, lambda: skip(updates, state)
+        )
+        if check_updates:  # only the update can still be bad (the state is finite)
+            new_updates = jax.lax.cond(
+                ok, lambda: new_updates, lambda: jax.tree.map(jnp.zeros_like, new_updates)
+            )
+        return new_updates, new_inner, ok
+
+    step = checked_after if step_is_safe is None else checked_before
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, new_inner, ok = step(updates, state, params, extra_args)
         skipped = state.skipped_steps + jnp.where(ok, 0, 1).astype(jnp.int32)
         return new_updates, SkipNonFiniteState(inner=new_inner, skipped_steps=skipped)
 

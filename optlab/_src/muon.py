@@ -49,7 +49,9 @@ steps), see :func:`resolve_method`.
 
 NaN/Inf and extreme values. :func:`muon`, :func:`scale_by_muon` and :func:`orthogonalize_muon`
 follow optlab's one NaN/Inf policy (:func:`optlab.skip_nonfinite`): a step whose
-gradient, new momentum or update is not finite is skipped (zero update, state unchanged,
+gradient is not finite, or large enough that the momentum could overflow (``|G| > (1 - beta)
+M / 4`` with ``M`` the largest float, decided before the step; ``G^2 > M / 4`` on AdamW's
+leaves), is skipped (zero update, state unchanged,
 ``skipped_steps`` of the :class:`~optlab._src.common.SkipNonFiniteState` at the top of the state
 counts it). The polar factor does not depend on the scale of its input, so finite gradients from
 1e-30 to 1e30 all give unit singular values. Parameters must be real floating arrays (checked at
@@ -81,6 +83,7 @@ import jax.numpy as jnp
 import optax
 
 from optlab._src.common import (
+    HEADROOM,
     at_least_float32,
     check_bool,
     check_choice,
@@ -89,9 +92,9 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
+    max_abs_within,
     skip_nonfinite,
 )
-from optlab.linalg._ordering import after
 from optlab.linalg.orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize
 
 __all__ = [
@@ -479,12 +482,9 @@ def _orthogonalize_tree(
     leaf_coefficients = auto_coefficients(method, coefficients)
 
     outs: list[jax.Array | None] = [None] * len(mats)
-    previous_svd = None
     for (_, _, _, leaf_method), members in groups.items():
         group = [mats[i] for i in members]
         stacked = group[0] if len(group) == 1 else jnp.concatenate(group, axis=0)
-        if leaf_method == "svd":  # one LAPACK call after the other (linalg._ordering)
-            stacked = after(stacked, previous_svd)
         ortho = orthogonalize(
             stacked,
             method=leaf_method,
@@ -492,8 +492,6 @@ def _orthogonalize_tree(
             coefficients=leaf_coefficients,
             compute_dtype=compute_dtype,
         )
-        if leaf_method == "svd":
-            previous_svd = ortho
         offset = 0
         for i, mat in zip(members, group, strict=True):
             n = mat.shape[0]
@@ -650,6 +648,58 @@ def _scale_by_muon_raw(
     return optax.GradientTransformation(_checked_init(init_fn, "optlab.scale_by_muon"), update_fn)
 
 
+def _momentum_limit(beta: Any, mu_dtype: Any) -> Callable[[jax.Array], jax.Array]:
+    """The largest ``|G|`` a Muon leaf admits: ``(1 - beta) M / 4`` (``M`` the momentum dtype's
+    largest value). Admitting only such gradients keeps ``|M_t| <= beta M/2 + (1 - beta) M/4
+    <= M/2`` true for ever from ``M_0 = 0``, and the Nesterov direction ``G + beta M_t`` below
+    ``M``: the momentum cannot overflow, which is known before the step (no copy of the old
+    state kept to undo it). float32: 4e36 at ``beta = 0.95``."""
+
+    def limit(g: jax.Array) -> jax.Array:
+        largest = float(jnp.finfo(g.dtype if mu_dtype is None else mu_dtype).max)
+        return HEADROOM * (1 - jnp.asarray(beta, jnp.float32)) * largest
+
+    return limit
+
+
+def _adam_limit(mu_dtype: Any) -> Callable[[jax.Array], float]:
+    """The largest ``|G|`` an AdamW leaf admits: ``G^2 <= M / 4`` for its second moment (an
+    average of squares: it then stays below ``M``), ``|G| <= M_mu / 4`` for its first. float32:
+    9.2e18 (a gradient whose square overflows is skipped, as it would poison ``v``)."""
+
+    def limit(g: jax.Array) -> float:
+        largest = float(jnp.finfo(g.dtype).max)
+        mu_largest = largest if mu_dtype is None else float(jnp.finfo(mu_dtype).max)
+        return min(HEADROOM * mu_largest, math.sqrt(HEADROOM * largest))
+
+    return limit
+
+
+def _alias_is_safe(beta: Any, mu_dtype: Any, param_labels: Any) -> Callable[..., jax.Array]:
+    """``step_is_safe`` of :func:`muon`: each leaf's gradient within its optimizer's bound."""
+    limits = {"muon": _momentum_limit(beta, mu_dtype), "adam": _adam_limit(mu_dtype)}
+
+    def safe(grads: optax.Updates, state: optax.OptState) -> jax.Array:
+        del state
+        labels = param_labels(grads) if callable(param_labels) else param_labels
+        leaves, treedef = jax.tree.flatten(grads)
+        checks = [
+            max_abs_within(g, limits[label])
+            for g, label in zip(leaves, treedef.flatten_up_to(labels), strict=True)
+        ]
+        return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+    return safe
+
+
+def _update_bounded(scale: Any, coefficients: Any) -> bool:
+    """Whether Muon's update is finite for every finite direction, so the guard need not check
+    it: the polar factor (its iterations normalize first, over the whole float range) has unit
+    singular values, and the built-in scales are finite. Custom coefficients (an iteration that
+    may diverge) or a custom scale are checked after each step instead."""
+    return coefficients is None and not callable(scale)
+
+
 def _check_scale_by_muon(
     beta: Any,
     nesterov: Any,
@@ -741,7 +791,9 @@ def scale_by_muon(
             compute_dtype,
             dimension_numbers,
             coefficients,
-        )
+        ),
+        step_is_safe=lambda grads, state: max_abs_within(grads, _momentum_limit(beta, mu_dtype)),
+        check_updates=not _update_bounded(scale, coefficients),
     )
 
 
@@ -935,5 +987,12 @@ def muon(
         return new_updates, new_state
 
     return skip_nonfinite(
-        optax.GradientTransformation(_checked_init(tx.init, "optlab.muon"), update_fn)
+        optax.GradientTransformation(_checked_init(tx.init, "optlab.muon"), update_fn),
+        step_is_safe=_alias_is_safe(beta, mu_dtype, param_labels),
+        # AdamW's update m / (sqrt(v) + eps) is 0/0 where a gradient is zero if eps is 0.
+        check_updates=not (
+            _update_bounded(scale, coefficients)
+            and isinstance(adam_eps, numbers.Real)
+            and adam_eps > 0
+        ),
     )

@@ -18,6 +18,7 @@ import optax
 from optlab import linalg
 from optlab._src import kronecker as kron
 from optlab._src.common import (
+    HEADROOM,
     at_least_float32,
     check_bool,
     check_choice,
@@ -26,6 +27,7 @@ from optlab._src.common import (
     check_learning_rate,
     check_number,
     skip_nonfinite,
+    square_sums,
     upcast,
 )
 
@@ -66,9 +68,12 @@ _MATH = r"""
       (AdaGrad's for ``beta2 = 1``, RMSProp's otherwise) and the same relative ridge.
 
     NaN/Inf (optlab's one policy, :func:`optlab._src.common.skip_nonfinite`): a step whose
-    gradient is not finite, or whose new statistics, grafting state or update would not be (a
-    finite gradient of 1e20 overflows ``G G^T``), is skipped: zero update, state unchanged,
-    ``skipped_steps`` of the ``SkipNonFiniteState`` at the top of the state counts it.
+    gradient is not finite, or could overflow the statistics or the grafting state (checked
+    before the step: the new diagonals, bounded by the old ones and each leaf's sum of squares,
+    must stay below a quarter of the largest float; a float32 gradient of 1e20 overflows
+    ``G G^T``), is skipped: zero update, state unchanged, ``skipped_steps`` of the
+    ``SkipNonFiniteState`` at the top of the state counts it. An update that still comes out
+    non-finite is zeroed and counted too (the state, finite, keeps that step).
     Parameters must be real floating arrays; statistics run in float32 (float64 stays float64)
     and the update comes back in the gradient's dtype; zero-size leaves get a zero-size update.
 
@@ -224,9 +229,6 @@ def _preconditioner(
         method=_shampoo_root_method(root_method),
     )
     diagonal_p = root if root is not None else 2
-    # The layout of the tree being updated, for the state check that the guard runs right after
-    # update (the check sees only the state, and the flat buffers do not show their layout).
-    last_layout: list[kron.Layout] = []
 
     def layout_of(tree) -> tuple[kron.Layout, list[jax.Array], Any]:
         leaves, treedef = jax.tree.flatten(tree)
@@ -234,7 +236,6 @@ def _preconditioner(
         layout = kron.make_layout(
             shapes, block_size, max_preconditioned_dim, merge_small_dims, root
         )
-        last_layout[:] = [layout]
         return layout, leaves, treedef
 
     def init_fn(params):
@@ -285,12 +286,6 @@ def _preconditioner(
         # The grafted update alone before the start: chosen on the few stacks, not per leaf.
         direction = jax.lax.cond(state.count >= start, lambda: direction, lambda: graft_blocks)
         out = kron.from_blocks(direction, layout, leaves)
-        # The graft's second moments are checked through the update, which the guard checks
-        # anyway: ``u + 0 * v`` is ``u`` where ``v`` is finite and NaN where it is not. One fused
-        # multiply-add instead of a reduction per leaf (XLA compiles each as its own kernels).
-        moments = _second_moments(graft_state)
-        if moments is not None:
-            out = [o + (0 * v).astype(o.dtype) for o, v in zip(out, treedef.flatten_up_to(moments))]
         new_state = ShampooState(
             count=optax.safe_increment(state.count),
             stats=stats,
@@ -300,12 +295,28 @@ def _preconditioner(
         )
         return treedef.unflatten(out), new_state
 
-    def state_is_finite(state: ShampooState) -> jax.Array:
-        # Roots never hold a non-finite value (rejected), counts are integers, the graft's
-        # second moments show in the update (see update_fn).
-        return kron.statistics_finite(state.stats, last_layout[0])
+    def step_is_safe(updates, state: ShampooState) -> jax.Array:
+        # Every Gram diagonal entry, and every squared entry the graft accumulates, is at most
+        # its leaf's sum of squares, and a statistic's off-diagonal entries are bounded by its
+        # diagonal (it is positive semidefinite); so a bound on the new diagonals, from the old
+        # ones and the gradient, keeps the whole new state finite before it is computed.
+        dtype = state.stats.dtype
+        squares = square_sums(updates, dtype)  # NaN or Inf for a bad gradient
+        decay = jnp.asarray(beta2, dtype)
+        weight = jnp.where(decay == 1, 1, 1 - decay).astype(dtype)
+        layout, _, _ = layout_of(updates)
+        largest = (
+            jnp.max(jnp.take(state.stats, jnp.asarray(layout.diagonal_indices)))
+            if layout.diagonal_indices.size
+            else jnp.zeros([], dtype)
+        )
+        bound = decay * largest + weight * squares
+        if grafting == "adagrad":  # sums of squares without decay: bounded by their state
+            sums = [jnp.max(v).astype(dtype) for v in jax.tree.leaves(_second_moments(state.graft))]
+            bound = jnp.maximum(bound, jnp.max(jnp.stack(sums)) + squares)
+        return bound <= HEADROOM * jnp.finfo(dtype).max
 
-    return optax.GradientTransformation(init_fn, update_fn), state_is_finite
+    return optax.GradientTransformation(init_fn, update_fn), step_is_safe
 
 
 def scale_by_shampoo(
@@ -371,7 +382,7 @@ def scale_by_shampoo(
       >>> int(state[0].inner.count), int(state[0].skipped_steps)
       (1, 0)
     """
-    raw, state_is_finite = _preconditioner(
+    raw, step_is_safe = _preconditioner(
         "optlab.scale_by_shampoo",
         beta2=beta2,
         eps=eps,
@@ -388,7 +399,7 @@ def scale_by_shampoo(
         root_error_threshold=root_error_threshold,
         eps_floor=eps_floor,
     )
-    return skip_nonfinite(raw, state_is_finite=state_is_finite)
+    return skip_nonfinite(raw, step_is_safe=step_is_safe)
 
 
 def shampoo(
@@ -450,7 +461,7 @@ def shampoo(
     check_number("b1", b1, low=0.0, high=1.0, high_open=True)
     check_number("b2", b2, low=0.0, high=1.0)
     check_number("weight_decay", weight_decay, low=0.0)
-    raw, state_is_finite = _preconditioner(
+    raw, step_is_safe = _preconditioner(
         "optlab.shampoo",
         beta2=b2,
         eps=eps,
@@ -475,10 +486,11 @@ def shampoo(
     if isinstance(weight_decay, jax.Array) or weight_decay != 0:
         parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
-    # Only Shampoo's state needs checking: an EMA of finite updates is finite, and the update
+    # Only Shampoo's state can overflow: an EMA of finite updates stays finite, and the update
     # itself is checked by the guard.
     return skip_nonfinite(
-        optax.chain(*parts), state_is_finite=lambda chain_state: state_is_finite(chain_state[0])
+        optax.chain(*parts),
+        step_is_safe=lambda grads, chain_state: step_is_safe(grads, chain_state[0]),
     )
 
 

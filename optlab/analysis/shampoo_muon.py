@@ -31,9 +31,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optlab.linalg import inverse_root
+from optlab.linalg import _lapack, inverse_root
 from optlab.linalg._ops import matmul as _matmul
-from optlab.linalg._ordering import after
 
 
 class ShampooMuonFactors(NamedTuple):
@@ -164,11 +163,11 @@ def _decompose(m, left_stat, right_stat, eps, eps_floor, *, p, root_method):
     def root(a):
         return inverse_root(a, p, eps=eps, eps_floor=eps_floor, method=root_method)
 
-    # One LAPACK call after the other: concurrent batched ones can deadlock on CPU
-    # (optlab.linalg._ordering).
+    # On CPU the roots' eigh and this SVD run in NumPy's LAPACK on the host
+    # (optlab.linalg._lapack), never on XLA's pool, so they need no ordering.
     left_root = root(left_stat)
-    right_root = root(after(right_stat, left_root))
-    u, s, vt = jnp.linalg.svd(after(m, right_root), full_matrices=False)
+    right_root = root(right_stat)
+    u, s, vt = _lapack.svd(m)
     tol = jnp.max(s, axis=-1, keepdims=True) * max(rows, cols) * jnp.finfo(dtype).eps
     keep = (s > tol).astype(dtype)
     orthogonal = _matmul(u * keep[..., None, :], vt)

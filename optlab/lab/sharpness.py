@@ -56,6 +56,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from optlab._src import tree as _tree
+from optlab.linalg import _lapack
 from optlab.linalg.lanczos import _unit, lanczos, tridiagonal
 
 Params = Any
@@ -258,7 +259,7 @@ def _lanczos(loss_fn, params, key, *, k: int, num_iters: int):
     )
     basis, alphas, betas = lanczos(matvec, q0, m, key)
     tri = tridiagonal(alphas, betas)
-    theta, s = jnp.linalg.eigh(tri)  # ascending
+    theta, s = _lapack.eigh(tri)  # ascending; on CPU in NumPy's LAPACK on the host
     idx = jnp.arange(m - 1, m - 1 - k, -1)
     vecs = s[:, idx].T @ basis
     lams = theta[idx]

@@ -69,6 +69,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from optlab.linalg import _lapack
 from optlab.linalg._ops import pow2
 from optlab.linalg.polar_express import polar_express_steps
 
@@ -175,7 +176,7 @@ def _gram_newton_schulz_wide(x: jax.Array, coefficients: Coefficients) -> jax.Ar
 
 
 def _svd_polar(x: jax.Array) -> jax.Array:
-    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    u, s, vt = _lapack.svd(x)  # on CPU: NumPy's LAPACK on the host (optlab.linalg._lapack)
     tol = jnp.max(s, axis=-1, keepdims=True) * max(x.shape[-2:]) * jnp.finfo(x.dtype).eps
     keep = (s > tol).astype(x.dtype)
     y = _mm(u * keep[..., None, :], vt, x.dtype)
@@ -325,5 +326,5 @@ def orthogonalize(
 
 def orthogonality_error(y: jax.Array) -> jax.Array:
     """``max_i |sigma_i(y) - 1|`` per matrix (exact, via SVD): 0 for a semi-orthogonal ``y``."""
-    s = jnp.linalg.svd(jnp.asarray(y, jnp.promote_types(y.dtype, jnp.float32)), compute_uv=False)
+    s = _lapack.svd(jnp.asarray(y, jnp.promote_types(y.dtype, jnp.float32)), compute_uv=False)
     return jnp.max(jnp.abs(s - 1.0), axis=-1)

@@ -1,0 +1,112 @@
+"""optlab._src.common: the NaN/Inf guard's two modes and its gradient bounds."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optlab._src.common import max_abs_within, skip_nonfinite, square_sums
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _counting(update_value=None) -> optax.GradientTransformation:
+    """A transform whose state counts its steps and sums its gradients; its update is the
+    gradient, or ``update_value`` (e.g. NaN) in every entry."""
+
+    def init_fn(params):
+        return (jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        count, total = state
+        new_total = jax.tree.map(jnp.add, total, updates)
+        out = updates
+        if update_value is not None:
+            out = jax.tree.map(lambda u: jnp.full_like(u, update_value), updates)
+        return out, (count + 1, new_total)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _below(limit):
+    return lambda grads, state: max_abs_within(grads, lambda g: limit)
+
+
+def test_step_is_safe_false_skips_before_the_step():
+    tx = skip_nonfinite(_counting(), step_is_safe=_below(10.0))
+    params = {"a": jnp.ones(3)}
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)({"a": jnp.array([1.0, 2.0, 3.0])}, state)
+    chex.assert_trees_all_equal(u, {"a": jnp.array([1.0, 2.0, 3.0])})
+    for bad in (11.0, np.nan, np.inf):
+        u2, state2 = jax.jit(tx.update)({"a": jnp.array([1.0, bad, 3.0])}, state)
+        chex.assert_trees_all_equal(u2, {"a": jnp.zeros(3)})
+        chex.assert_trees_all_equal(state2.inner, state.inner)
+        assert int(state2.skipped_steps) == 1
+
+
+def test_a_nonfinite_update_after_a_safe_step_is_zeroed_and_counted():
+    # The state (finite, by step_is_safe) keeps the step; only the update is dropped.
+    tx = skip_nonfinite(_counting(update_value=np.nan), step_is_safe=_below(10.0))
+    state = tx.init({"a": jnp.ones(2)})
+    u, state = tx.update({"a": jnp.array([1.0, 2.0])}, state)
+    chex.assert_trees_all_equal(u, {"a": jnp.zeros(2)})
+    assert int(state.skipped_steps) == 1 and int(state.inner[0]) == 1
+    np.testing.assert_array_equal(state.inner[1]["a"], [1.0, 2.0])
+
+
+def test_check_updates_false_trusts_the_bound():
+    tx = skip_nonfinite(_counting(), step_is_safe=_below(10.0), check_updates=False)
+    state = tx.init({"a": jnp.ones(2)})
+    u, state = tx.update({"a": jnp.array([1.0, 2.0])}, state)
+    chex.assert_trees_all_equal(u, {"a": jnp.array([1.0, 2.0])})
+    assert int(state.skipped_steps) == 0
+
+
+def test_the_default_mode_undoes_a_step_with_a_nonfinite_update():
+    tx = skip_nonfinite(_counting(update_value=np.inf))
+    state = tx.init({"a": jnp.ones(2)})
+    u, new_state = tx.update({"a": jnp.array([1.0, 2.0])}, state)
+    chex.assert_trees_all_equal(u, {"a": jnp.zeros(2)})
+    chex.assert_trees_all_equal(new_state.inner, state.inner)
+    assert int(new_state.skipped_steps) == 1
+
+
+def test_conflicting_options_are_rejected():
+    with pytest.raises(ValueError, match="not both"):
+        skip_nonfinite(_counting(), state_is_finite=lambda s: True, step_is_safe=_below(1.0))
+    with pytest.raises(ValueError, match="check_updates=False needs step_is_safe"):
+        skip_nonfinite(_counting(), check_updates=False)
+
+
+def test_max_abs_within_matches_numpy_and_flags_nonfinite():
+    rng = np.random.default_rng(0)
+    tree = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": np.float32(-7.5)}
+    peak = max(np.abs(tree["a"]).max(), 7.5)
+    assert bool(max_abs_within(tree, lambda g: peak))
+    assert not bool(max_abs_within(tree, lambda g: np.nextafter(np.float32(peak), 0)))
+    assert bool(max_abs_within({}, lambda g: 0.0))
+    assert bool(max_abs_within({"e": jnp.zeros((0, 3))}, lambda g: 0.0))
+    for bad in (np.nan, np.inf, -np.inf):
+        assert not bool(max_abs_within({"a": np.array([1.0, bad], np.float32)}, lambda g: 1e38))
+    # bfloat16 leaves compare in float32 without overflow.
+    assert bool(max_abs_within({"h": jnp.array([1e38], jnp.bfloat16)}, lambda g: F32_MAX))
+
+
+def test_square_sums_is_the_largest_leaf_sum_and_overflows_to_inf():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(5, 6)).astype(np.float32)
+    b = (3 * rng.normal(size=7)).astype(np.float32)
+    expected = max((a.astype(np.float64) ** 2).sum(), (b.astype(np.float64) ** 2).sum())
+    # float32 sum of 30 positive terms: relative error <= 30 * 2^-24.
+    np.testing.assert_allclose(
+        float(square_sums({"a": a, "b": b}, jnp.float32)), expected, rtol=30 * 2.0**-24
+    )
+    assert np.isinf(float(square_sums({"a": np.full(2, 2e19, np.float32)}, jnp.float32)))
+    # The same gradient in float64 does not overflow: the sum runs in the dtype asked for.
+    assert float(square_sums({"a": np.full(2, 2e19, np.float32)}, jnp.float64)) > F32_MAX
+    assert np.isnan(float(square_sums({"a": np.array([np.nan], np.float32)}, jnp.float32)))
