@@ -8,6 +8,8 @@ Usage::
     optlab compare --optimizers sgd,mypkg.opts:make_opt --hp mypkg.opts:make_opt.lr=0.1
     optlab compare --sweep --optimizers lion --hp lion.learning_rate=1e-3,3e-4
     optlab compare --list
+    optlab lab landscape                            # SGD vs SAM loss landscapes (digits MLP)
+    optlab lab connect                              # mode connectivity between two SGD runs
 
 Bad input prints one line, ``optlab compare: error: ...``, on stderr and exits with status 2
 (no traceback); an interrupted run exits with 130. The parser only turns strings into numbers:
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list tasks, optimizers and default hyperparameters, then exit",
     )
+    from optlab.lab import _cli as lab_cli  # `optlab lab landscape`, `optlab lab connect`
+
+    lab_cli.add_parser(sub, _int, _number)
     return parser
 
 
@@ -178,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "lab":
+            from optlab.lab import _cli as lab_cli
+
+            return lab_cli.main(args)
     except KeyboardInterrupt:
         print("optlab: interrupted", file=sys.stderr)
         return 130

@@ -1,9 +1,15 @@
 """optlab.lab: experiments about training (sharpness, landscapes, ...).
 
+* :mod:`optlab.lab.sharpness`: Hessian eigenvalues and trace;
+* :mod:`optlab.lab.landscape`: filter-normalized 1D/2D loss landscapes, trajectory PCA
+  (Li et al. 2018); ``optlab lab landscape`` on the command line;
+* :mod:`optlab.lab.connect`: Bezier / polychain curves between two solutions (Garipov et al.
+  2018); ``optlab lab connect`` on the command line.
+
 Lab tools may depend on optlab's transforms, models and data; transforms never import lab.
 """
 
-from optlab.lab import sharpness
+from optlab.lab import connect, landscape, sharpness
 from optlab.lab.sharpness import (
     HessianEigen,
     TraceEstimate,
@@ -16,9 +22,11 @@ from optlab.lab.sharpness import (
 __all__ = [
     "HessianEigen",
     "TraceEstimate",
+    "connect",
     "hessian_eigenvalues_lanczos",
     "hessian_eigenvalues_power",
     "hessian_trace",
     "hessian_vector_product",
+    "landscape",
     "sharpness",
 ]
