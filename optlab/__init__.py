@@ -11,6 +11,13 @@ from typing import Any
 
 from optlab import analysis, lab, linalg
 from optlab._src.common import SkipNonFiniteState, skip_nonfinite
+from optlab._src.kfac import KFACLayer, KFACState, kfac, kfac_layers, scale_by_kfac
+from optlab._src.kfac_curvature import (
+    KFACFactors,
+    kfac_dense_factors,
+    kfac_embed_factors,
+    kfac_value_and_grad,
+)
 from optlab._src.muon import (
     MUON_EXCLUDED_NAMES,
     MuonDimensionNumbers,
@@ -22,19 +29,29 @@ from optlab._src.muon import (
 )
 from optlab._src.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
 from optlab._src.shampoo import ShampooState, scale_by_shampoo, shampoo
+from optlab._src.soap import SoapState, scale_by_soap, soap
 
 _LAZY_SUBMODULES = ("bench", "data", "models")
 
 __all__ = [
+    "KFACFactors",
+    "KFACLayer",
+    "KFACState",
     "MUON_EXCLUDED_NAMES",
     "MuonDimensionNumbers",
     "SAMPerturbState",
     "ScaleByMuonState",
     "ShampooState",
     "SkipNonFiniteState",
+    "SoapState",
     "analysis",
     "bench",
     "data",
+    "kfac",
+    "kfac_dense_factors",
+    "kfac_embed_factors",
+    "kfac_layers",
+    "kfac_value_and_grad",
     "lab",
     "linalg",
     "models",
@@ -44,10 +61,13 @@ __all__ = [
     "sam",
     "sam_perturb",
     "sam_perturbation",
+    "scale_by_kfac",
     "scale_by_muon",
     "scale_by_shampoo",
+    "scale_by_soap",
     "shampoo",
     "skip_nonfinite",
+    "soap",
 ]
 
 __version__ = "0.1.0"

@@ -401,3 +401,175 @@ def test_engine_runs_under_jit_with_one_trace_per_layout():
     for _ in range(3):
         stats, back = step(stats, leaves)
     assert len(traces) == 1
+
+
+# -- eigenbases (SOAP) -----------------------------------------------------------------------------
+def _spd(rng, n, count, low=1.0, high=4.0):
+    """``count`` float32 SPD ``n x n`` matrices with eigenvalues evenly spread in [low, high]."""
+    out = []
+    for _ in range(count):
+        q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        out.append((q * rng.permutation(np.linspace(low, high, n))) @ q.T)
+    return np.asarray(out, np.float32)
+
+
+def test_adjust_layout_promotes_vectors_and_drops_ignored_axes():
+    shapes = ((8, 12), (6,), (10,), (), (1, 4), (0, 3), (3, 4, 5), (20,))
+    base = kron.make_layout(shapes, 4, 8192, False, 1)
+    layout = kron.adjust_layout(
+        base,
+        block_size=4,
+        max_preconditioned_dim=8192,
+        root=1,
+        precondition_vectors=True,
+        ignored_axes=((3, (1,)),),
+    )
+    # (6,), (10,), (1, 4) and (20,) become order-1 kinds cut into blocks of 4; () stays a vector.
+    assert layout.vector_sizes == (1,)
+    vector_kinds = {k.shape: k.count for k in layout.kinds if len(k.shape) == 1}
+    assert vector_kinds == {(4,): 1 + 2 + 1 + 5, (2,): 2}
+    for kind in layout.kinds:
+        if len(kind.shape) == 3:
+            assert kind.axis_groups[1] is None and None not in (kind.axis_groups[0::2])
+        else:
+            assert None not in kind.axis_groups
+    # Groups are rebuilt: every (kind, axis) is in its group exactly once, offsets contiguous.
+    members = group_members(layout)
+    assert all(None not in m for m in members)
+    assert sum(g.size for g in layout.groups) == layout.matrix_size
+    offsets = [g.offset for g in layout.groups]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    rng = np.random.default_rng(20)
+    leaves = [jnp.asarray(f32(rng, s)) for s in shapes]
+    blocks = kron.to_blocks(leaves, layout, jnp.float32)
+    for a, b in zip(kron.from_blocks(blocks, layout, leaves), leaves):
+        np.testing.assert_array_equal(a, b)
+    # Without the options it is make_layout's own layout; a vector above max_dim stays a vector.
+    same = kron.adjust_layout(base, block_size=4, max_preconditioned_dim=8192, root=1)
+    assert same == base
+    big = kron.make_layout(((6,),), None, 4, True, 1)
+    assert kron.adjust_layout(
+        big, block_size=None, max_preconditioned_dim=4, root=1, precondition_vectors=True
+    ).vector_sizes == (6,)
+
+
+def test_eigenbases_are_orthonormal_and_descending():
+    rng = np.random.default_rng(21)
+    s = _spd(rng, 5, 3)
+    q = np.asarray(kron.eigenbases(jnp.asarray(s)), np.float64)
+    for a, v in zip(s.astype(np.float64), q):
+        w_ref = np.linalg.eigvalsh(a)[::-1]
+        rayleigh = np.diag(v.T @ a @ v)
+        # Eigenvalues spread 0.6 apart on a scale of 4: each Rayleigh quotient is within
+        # c d U ||S|| of its eigenvalue (backward stability; quadratic in the vector error).
+        np.testing.assert_allclose(rayleigh, w_ref, atol=4 * 5 * U * 4)
+        np.testing.assert_allclose(v.T @ v, np.eye(5), atol=4 * 5 * U)
+
+
+def test_power_qr_sorts_by_rayleigh_quotient_then_takes_one_power_step():
+    rng = np.random.default_rng(22)
+    s = _spd(rng, 6, 4)
+    basis = np.asarray([np.linalg.qr(rng.standard_normal((6, 6)))[0] for _ in range(4)])
+    q, order = kron.power_qr(jnp.asarray(s), jnp.asarray(basis, jnp.float32))
+    for a, o, got, got_order in zip(s.astype(np.float64), basis, np.asarray(q), order):
+        expected_order = np.argsort(-np.diag(o.T @ a @ o), kind="stable")
+        np.testing.assert_array_equal(got_order, expected_order)
+        ref = np.linalg.qr(a @ o[:, expected_order])[0]
+        # QR's Q is unique up to column signs; kappa(S) <= 4 bounds its sensitivity.
+        signs = np.sign(np.sum(got * ref, axis=0))
+        np.testing.assert_allclose(got * signs, ref, atol=4 * 4 * 6 * U * 4)
+
+
+def test_off_diagonal_ratio_against_numpy():
+    rng = np.random.default_rng(23)
+    s = _spd(rng, 5, 3)
+    basis = np.asarray([np.linalg.qr(rng.standard_normal((5, 5)))[0] for _ in range(3)])
+    ratio = kron.off_diagonal_ratio(jnp.asarray(s), jnp.asarray(basis, jnp.float32))
+    for a, o, r in zip(s.astype(np.float64), basis, np.asarray(ratio)):
+        b = o.T @ a @ o
+        assert abs(r - np.linalg.norm(b - np.diag(np.diag(b))) / np.linalg.norm(b)) <= 50 * U
+    # An eigenbasis diagonalizes: ratio ~ U; a zero statistic: 0 (nothing to refresh).
+    eig = kron.eigenbases(jnp.asarray(s))
+    assert float(jnp.max(kron.off_diagonal_ratio(jnp.asarray(s), eig))) <= 50 * U
+    zero = kron.off_diagonal_ratio(jnp.zeros((1, 5, 5)), jnp.eye(5)[None])
+    np.testing.assert_array_equal(zero, [0.0])
+
+
+def test_refresh_bases_rejects_non_finite_and_skips_within_tolerance():
+    layout = kron.make_layout(((5, 5),), None, 8192, False, 1)  # one group: L and R, 5 x 5
+    rng = np.random.default_rng(24)
+    stats = jnp.asarray(_spd(rng, 5, 2).ravel())
+    first = kron.refresh_bases(stats, kron.identity_factors(layout), layout, method="eigh")
+    assert int(first.rejected) == 0 and int(first.skipped) == 0
+    np.testing.assert_array_equal(first.orders[0], np.broadcast_to(np.arange(5), (2, 5)))
+    # A NaN in the first statistic: its basis is rejected (kept, identity order), R refreshed.
+    poisoned = stats.at[1].set(jnp.nan)
+    new = kron.refresh_bases(poisoned, first.bases, layout, method="qr")
+    assert int(new.rejected) == 1
+    np.testing.assert_array_equal(new.bases[:25], first.bases[:25])
+    np.testing.assert_array_equal(new.orders[0][0], np.arange(5))
+    assert np.all(np.isfinite(new.bases))
+    # The eigenbases already diagonalize: a tolerance of 1e-3 keeps both; 0 keeps neither.
+    kept = kron.refresh_bases(stats, first.bases, layout, method="qr", tolerance=1e-3)
+    assert int(kept.skipped) == 2 and int(kept.rejected) == 0
+    np.testing.assert_array_equal(kept.bases, first.bases)
+    moved = kron.refresh_bases(stats, first.bases, layout, method="qr", tolerance=0.0)
+    assert int(moved.skipped) == 0
+
+
+def test_basis_changes_and_permute_modes_against_numpy():
+    rng = np.random.default_rng(25)
+    shapes = ((4, 6), (3, 4, 5))
+    layout = kron.make_layout(shapes, None, 8192, False, 1)
+    eye = np.asarray(kron.identity_factors(layout))
+    old = jnp.asarray(
+        np.concatenate(
+            [
+                np.ravel(
+                    [np.linalg.qr(rng.standard_normal((g.dim, g.dim)))[0] for _ in range(g.count)]
+                )
+                for g in layout.groups
+            ]
+        ).astype(np.float32)
+    )
+    new = jnp.asarray(eye)
+    leaves = [jnp.asarray(f32(rng, s)) for s in shapes]
+    blocks = kron.to_blocks(leaves, layout, jnp.float32)
+    # Coordinates in the old bases, carried to the new ones (here I): back to the plain blocks.
+    rotated = kron.mode_products(blocks.stacks, old, layout, transpose=True)
+    carried = kron.mode_products(rotated, kron.basis_changes(new, old, layout), layout)
+    for a, b in zip(carried, blocks.stacks):
+        np.testing.assert_allclose(a, b, atol=4 * 3 * 6 * U * float(np.max(np.abs(b))) * 10)
+    orders = tuple(
+        jnp.asarray(np.asarray([rng.permutation(g.dim) for _ in range(g.count)], np.int32))
+        for g in layout.groups
+    )
+    permuted = kron.permute_modes(blocks.stacks, orders, layout)
+    for kind, x, y in zip(layout.kinds, blocks.stacks, permuted):
+        for b in range(kind.count):
+            ref = np.asarray(x[b])
+            for axis, g in enumerate(kind.axis_groups):
+                order = np.asarray(orders[g][kind.axis_offsets[axis] + b])
+                ref = np.take(ref, order, axis=axis)
+            np.testing.assert_array_equal(y[b], ref)
+
+
+@pytest.mark.parametrize("name", list(LEAF_SETS))
+@pytest.mark.parametrize("transpose", [False, True])
+def test_matrix_mode_products_equal_mode_products(name, transpose):
+    shapes, kw = LEAF_SETS[name]
+    rng = np.random.default_rng(26)
+    leaves = [jnp.asarray(f32(rng, s)) for s in shapes]
+    layout = layout_of(leaves, **kw)
+    factors = jnp.asarray(f32(rng, (layout.matrix_size,)))
+    blocks = kron.to_blocks(leaves, layout, jnp.float32)
+    fast = kron.matrix_mode_products(blocks.stacks, factors, layout, transpose=transpose)
+    slow = kron.mode_products(blocks.stacks, factors, layout, transpose=transpose)
+    bounds = kron.mode_products(
+        tuple(jnp.abs(x) for x in blocks.stacks), jnp.abs(factors), layout, transpose=transpose
+    )
+    for a, b, bound, x in zip(fast, slow, bounds, blocks.stacks):
+        # The same sums in another order: each result within (sum of the dims) U of the
+        # product of the absolute values, for each of the two computations.
+        tol = 2 * sum(x.shape[1:]) * U * np.asarray(bound)
+        assert np.all(np.abs(np.asarray(a) - np.asarray(b)) <= tol)

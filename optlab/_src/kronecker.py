@@ -61,10 +61,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab import linalg
+from optlab.linalg import _lapack
 from optlab.linalg._ops import matmul
 from optlab.linalg._ordering import after
 
 __all__ = [
+    "BasisRefresh",
     "Block",
     "Blocks",
     "Group",
@@ -74,9 +76,12 @@ __all__ = [
     "RefreshFn",
     "Statistics",
     "accumulate",
+    "adjust_layout",
     "axis_grams",
+    "basis_changes",
     "diagonal_root",
     "diagonal_statistics",
+    "eigenbases",
     "from_blocks",
     "graft",
     "graft_ratio",
@@ -85,9 +90,15 @@ __all__ = [
     "inverse_roots",
     "kind_factors",
     "make_layout",
+    "matrix_mode_products",
     "merge_dims",
     "mode_products",
+    "off_diagonal_ratio",
+    "permute_modes",
+    "power_qr",
     "refresh",
+    "refresh_bases",
+    "statistics_bound",
     "statistics_finite",
     "to_blocks",
 ]
@@ -412,6 +423,27 @@ def statistics_finite(buffer: jax.Array, layout: Layout) -> jax.Array:
     return jnp.all(jnp.isfinite(jnp.take(buffer, jnp.asarray(layout.diagonal_indices))))
 
 
+def statistics_bound(buffer: jax.Array, layout: Layout, beta2, squares: jax.Array) -> jax.Array:
+    """A bound, before they are formed, on every entry of ``accumulate(buffer, axis_grams(g),
+    layout, beta2)`` (Shampoo's and SOAP's new statistics), from ``squares``, the largest sum of
+    squares of a leaf of ``g`` (:func:`optlab._src.common.square_sums`).
+
+    A block's Gram diagonal ``sum_j G_ij^2`` is at most its leaf's sum of squares, a vector's
+    entry ``g_i^2`` too, and a statistic's off-diagonal entries are bounded by its diagonal (it is
+    positive semidefinite): ``decay * max(diag S) + weight * squares`` bounds them all, so a
+    guard can decide from it that the step cannot overflow (``skip_nonfinite(step_is_safe=)``)
+    and XLA can update the buffer in place. NaN or Inf when ``squares`` is.
+    """
+    dtype = buffer.dtype
+    decay = jnp.asarray(beta2, dtype)
+    weight = jnp.where(decay == 1, 1, 1 - decay).astype(dtype)
+    indices = layout.diagonal_indices
+    largest = (
+        jnp.max(jnp.take(buffer, jnp.asarray(indices))) if indices.size else jnp.zeros([], dtype)
+    )
+    return decay * largest + weight * squares.astype(dtype)
+
+
 # -- statistics ------------------------------------------------------------------------------------
 class Statistics(NamedTuple):
     """One step's statistics contributions.
@@ -573,3 +605,238 @@ def graft(direction: Blocks, reference: Blocks, layout: Layout) -> Blocks:
 
         vector = vector * graft_ratio(norms(vector), norms(reference.vector))[segments]
     return Blocks(stacks, vector)
+
+
+# -- eigenbases (SOAP) -----------------------------------------------------------------------------
+# SOAP keeps Shampoo's statistics and blocks, and replaces the inverse roots by each statistic's
+# eigenbasis: a full ``eigh`` once, then one step of power iteration and a QR per refresh. Its
+# refresh also reorders the columns, which the caller mirrors in its second moment (the
+# permutation is returned), and reads the previous factors, which ``RefreshFn`` does not see.
+
+
+@functools.lru_cache(maxsize=256)
+def adjust_layout(
+    layout: Layout,
+    *,
+    block_size: int | None,
+    max_preconditioned_dim: int,
+    root: int | None,
+    precondition_vectors: bool = False,
+    ignored_axes: tuple[tuple[int, tuple[int, ...]], ...] = (),
+) -> Layout:
+    """``layout`` (from :func:`make_layout` with the same options) with two changes:
+
+    * ``precondition_vectors``: every vector leaf of more than one element becomes an order-1
+      kind (cut into blocks of ``block_size`` as a matrix dim is) with a ``d x d`` statistic per
+      block, if its blocks are ``<= max_preconditioned_dim`` (otherwise it stays a vector);
+    * ``ignored_axes``: ``((order, (axis, ...)), ...)``: those axes of every kind of that order
+      get no statistic (their factor is the identity), as Meta's ``ignored_basis_change_dims``.
+
+    Groups, offsets and roots are rebuilt by :func:`make_layout`'s rules.
+    """
+    kind_shapes = [k.shape for k in layout.kinds]
+    kind_counts = [k.count for k in layout.kinds]
+    leaves = list(layout.leaves)
+    vector_sizes: list[int] = []
+    index = {s: i for i, s in enumerate(kind_shapes)}
+    for li, plan in enumerate(leaves):
+        if not plan.vector:
+            continue
+        size = math.prod(plan.merged)
+        chunks = _chunks(size, block_size if block_size is not None else size)
+        if not precondition_vectors or size < 2 or chunks[0][1] > max_preconditioned_dim:
+            vector_sizes.append(size)
+            continue
+        blocks = []
+        for start, n in chunks:
+            if (n,) not in index:
+                index[(n,)] = len(kind_shapes)
+                kind_shapes.append((n,))
+                kind_counts.append(0)
+            k = index[(n,)]
+            blocks.append(Block(k, kind_counts[k], (start,)))
+            kind_counts[k] += 1
+        uniform = len({n for _, n in chunks}) == 1
+        leaves[li] = LeafPlan(
+            plan.shape, (size,), False, False, tuple(blocks), (len(chunks),), uniform
+        )
+    ignored = {order: set(axes) for order, axes in ignored_axes}
+    group_members: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    kind_ps: list[int] = []
+    for k, bshape in enumerate(kind_shapes):
+        skip = ignored.get(len(bshape), set())
+        axes = [i for i, d in enumerate(bshape) if d <= max_preconditioned_dim and i not in skip]
+        p = (root if root is not None else 2 * len(axes)) if axes else 0
+        kind_ps.append(p)
+        for i in axes:
+            group_members.setdefault((bshape[i], p), []).append((k, i))
+    groups: list[Group] = []
+    axis_groups: list[list[int | None]] = [[None] * len(s) for s in kind_shapes]
+    axis_offsets = [[0] * len(s) for s in kind_shapes]
+    offset = 0
+    for gi, ((dim, p), members) in enumerate(sorted(group_members.items())):
+        count = 0
+        for k, i in members:
+            axis_groups[k][i] = gi
+            axis_offsets[k][i] = count
+            count += kind_counts[k]
+        groups.append(Group(dim, p, count, offset))
+        offset += count * dim * dim
+    kinds = tuple(
+        Kind(s, kind_ps[k], tuple(axis_groups[k]), tuple(axis_offsets[k]), kind_counts[k])
+        for k, s in enumerate(kind_shapes)
+    )
+    return Layout(tuple(leaves), kinds, tuple(groups), offset, tuple(vector_sizes))
+
+
+def eigenbases(stats: jax.Array) -> jax.Array:
+    """``[n, d, d]``: the eigenvectors (columns) of each symmetric statistic, eigenvalues
+    descending (LAPACK's ascending order flipped, as SOAP's reference does)."""
+    _, v = _lapack.eigh(stats)
+    return jnp.flip(v, axis=-1)
+
+
+def power_qr(stats: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One step of power (orthogonal) iteration from ``basis`` towards ``stats``' eigenbasis.
+
+    The columns of ``Q`` (``basis``) are first sorted by their Rayleigh quotients
+    ``diag(Q^T S Q)``, descending (``order``, ``[n, d]``: new column ``i`` is old column
+    ``order[i]``); the new basis is the ``Q`` factor of ``S Q_sorted``. Returns
+    ``(new basis, order)``; whoever keeps values indexed by the basis' columns permutes them by
+    ``order`` (:func:`permute_modes`).
+    """
+    sq = matmul(stats, basis)
+    rayleigh = jnp.sum(basis * sq, axis=-2)
+    order = jnp.argsort(-rayleigh, axis=-1, stable=True).astype(jnp.int32)
+    # S Q_sorted is S Q with its columns sorted: no second product.
+    q, _ = _lapack.qr(jnp.take_along_axis(sq, order[:, None, :], axis=-1))
+    return q, order
+
+
+def off_diagonal_ratio(stats: jax.Array, basis: jax.Array) -> jax.Array:
+    """``[n]``: ``||B - diag B||_F / ||B||_F`` for ``B = Q^T S Q`` (0 where ``B = 0``): how far
+    ``basis`` is from diagonalizing ``stats`` (the criterion of Eschenhagen et al.'s adaptive
+    refresh, "Purifying Shampoo")."""
+    b = matmul(jnp.swapaxes(basis, 1, 2), matmul(stats, basis))
+    total = jnp.sum(jnp.square(b), axis=(1, 2))
+    # Summed apart, not as total - diagonal: that difference cancels to rounding noise (or 0)
+    # exactly where the criterion is decided, for a nearly diagonal B.
+    off_diagonal = jnp.where(jnp.eye(b.shape[-1], dtype=bool), 0, b)
+    off = jnp.sqrt(jnp.sum(jnp.square(off_diagonal), axis=(1, 2)))
+    return jnp.where(total > 0, off / jnp.sqrt(jnp.where(total > 0, total, 1)), 0)
+
+
+class BasisRefresh(NamedTuple):
+    """The result of :func:`refresh_bases`.
+
+    Attributes:
+      bases: the new factors buffer (a rejected or skipped basis keeps its previous value).
+      orders: per group, ``[count, d]`` int32 column permutations of the new bases relative to
+        the previous ones (:func:`power_qr`; the identity where kept or for ``eigh``).
+      rejected: int32 number of non-finite bases rejected.
+      skipped: int32 number of bases kept because they already diagonalize their statistic to
+        within ``tolerance``.
+    """
+
+    bases: jax.Array
+    orders: tuple[jax.Array, ...]
+    rejected: jax.Array
+    skipped: jax.Array
+
+
+def refresh_bases(
+    stats: jax.Array, bases: jax.Array, layout: Layout, *, method: str, tolerance=None
+) -> BasisRefresh:
+    """New eigenbases for every group: ``method="eigh"`` (:func:`eigenbases`) or ``"qr"``
+    (:func:`power_qr` from the current bases), one batched call per group.
+
+    A basis with a non-finite entry is rejected: the previous one is kept and counted. With a
+    ``tolerance`` (``"qr"`` only), a basis whose :func:`off_diagonal_ratio` is ``<=
+    tolerance`` is kept as it is and counted as skipped; a group whose bases are all kept makes
+    no QR call at all (``lax.cond``).
+    """
+    out, previous = bases, None
+    rejected = skipped = jnp.zeros([], jnp.int32)
+    orders = []
+    for group in layout.groups:
+        # One group after the other (as refresh): their LAPACK calls are serialized.
+        s = after(_group_view(stats, group), previous)
+        old = _group_view(bases, group).astype(s.dtype)
+        identity = jnp.broadcast_to(jnp.arange(group.dim, dtype=jnp.int32), old.shape[:2])
+        if method == "eigh":
+            candidate, order = eigenbases(s), identity
+        elif method == "qr":
+            if tolerance is None:
+                candidate, order = power_qr(s, old)
+            else:
+                keep = off_diagonal_ratio(s, old) <= tolerance  # False for NaN
+                candidate, order = jax.lax.cond(
+                    jnp.all(keep),
+                    lambda o=old, i=identity: (o, i),
+                    lambda s=s, o=old: power_qr(s, o),
+                )
+                candidate = jnp.where(keep[:, None, None], old, candidate)
+                order = jnp.where(keep[:, None], identity, order)
+                skipped = skipped + jnp.sum(keep).astype(jnp.int32)
+        else:
+            raise ValueError(f"method must be 'eigh' or 'qr', got {method!r}")
+        previous = candidate
+        ok = jnp.all(jnp.isfinite(candidate), axis=(1, 2))
+        kept = jnp.where(ok[:, None, None], candidate, old)
+        orders.append(jnp.where(ok[:, None], order, identity))
+        out = jax.lax.dynamic_update_slice_in_dim(
+            out, kept.ravel().astype(out.dtype), group.offset, 0
+        )
+        rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
+    return BasisRefresh(out, tuple(orders), rejected, skipped)
+
+
+def basis_changes(new: jax.Array, old: jax.Array, layout: Layout) -> jax.Array:
+    """A factors buffer of ``Q_new^T Q_old`` per statistic: :func:`mode_products` with it
+    carries coordinates in the old bases (``Q_old^T X``) over to the new ones (``Q_new^T X``)."""
+    out = new
+    for group in layout.groups:
+        change = matmul(jnp.swapaxes(_group_view(new, group), 1, 2), _group_view(old, group))
+        out = jax.lax.dynamic_update_slice_in_dim(out, change.ravel(), group.offset, 0)
+    return out
+
+
+def permute_modes(
+    stacks: Sequence[jax.Array], orders: Sequence[jax.Array], layout: Layout
+) -> tuple[jax.Array, ...]:
+    """Every stacked block with the indices along each preconditioned axis permuted by its
+    statistic's ``order`` (from :func:`refresh_bases`): ``Y[.., i, ..] = X[.., order[i], ..]``."""
+    out = []
+    for kind, x in zip(layout.kinds, stacks, strict=True):
+        for axis, g in enumerate(kind.axis_groups):
+            if g is not None:
+                start = kind.axis_offsets[axis]
+                order = jax.lax.slice_in_dim(orders[g], start, start + kind.count)
+                shape = [kind.count] + [1] * len(kind.shape)
+                shape[axis + 1] = kind.shape[axis]
+                x = jnp.take_along_axis(x, order.reshape(shape), axis=axis + 1)
+        out.append(x)
+    return tuple(out)
+
+
+def matrix_mode_products(
+    stacks: Sequence[jax.Array], factors: jax.Array, layout: Layout, *, transpose: bool = False
+) -> tuple[jax.Array, ...]:
+    """:func:`mode_products`, with each order-2 block multiplied as ``F_0 X F_1^T`` (``F_0^T X
+    F_1`` with ``transpose``) by two batched matrix products that read ``X`` in place: no
+    transposes of the blocks, which :func:`mode_products`' move of each axis last costs twice
+    per axis (SOAP rotates every block twice per step). Other blocks: :func:`mode_products`."""
+    out = []
+    for k, (kind, x) in enumerate(zip(layout.kinds, stacks, strict=True)):
+        for axis, g in enumerate(kind.axis_groups):
+            if g is None:
+                continue
+            f = kind_factors(factors, layout, k, axis)
+            if len(kind.shape) != 2:
+                x = _mode_product(x, f, axis, transpose)
+            elif axis == 0:  # F X, or F^T X
+                x = matmul(jnp.swapaxes(f, 1, 2) if transpose else f, x)
+            else:  # X F^T, or X F
+                x = matmul(x, f if transpose else jnp.swapaxes(f, 1, 2))
+        out.append(x)
+    return tuple(out)

@@ -296,22 +296,14 @@ def _preconditioner(
         return treedef.unflatten(out), new_state
 
     def step_is_safe(updates, state: ShampooState) -> jax.Array:
-        # Every Gram diagonal entry, and every squared entry the graft accumulates, is at most
-        # its leaf's sum of squares, and a statistic's off-diagonal entries are bounded by its
-        # diagonal (it is positive semidefinite); so a bound on the new diagonals, from the old
-        # ones and the gradient, keeps the whole new state finite before it is computed.
+        # The new statistics are bounded from the old diagonals and the gradient (see
+        # kron.statistics_bound); the graft's second moments by the same sums of squares (an
+        # average of squares) or, for AdaGrad's sums, by the old sums plus them.
         dtype = state.stats.dtype
         squares = square_sums(updates, dtype)  # NaN or Inf for a bad gradient
-        decay = jnp.asarray(beta2, dtype)
-        weight = jnp.where(decay == 1, 1, 1 - decay).astype(dtype)
         layout, _, _ = layout_of(updates)
-        largest = (
-            jnp.max(jnp.take(state.stats, jnp.asarray(layout.diagonal_indices)))
-            if layout.diagonal_indices.size
-            else jnp.zeros([], dtype)
-        )
-        bound = decay * largest + weight * squares
-        if grafting == "adagrad":  # sums of squares without decay: bounded by their state
+        bound = kron.statistics_bound(state.stats, layout, beta2, squares)
+        if grafting == "adagrad":
             sums = [jnp.max(v).astype(dtype) for v in jax.tree.leaves(_second_moments(state.graft))]
             bound = jnp.maximum(bound, jnp.max(jnp.stack(sums)) + squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max

@@ -37,7 +37,10 @@ Lion     lr 1e-4, lambda 0           lr 1e-4, lambda 1e-2
 Shampoo  lr 0.1, lambda 1e-4         lr 2, lambda 0
 =======  ==========================  =============================
 
-(K-FAC's rows are left out: optlab has no K-FAC yet. SAM runs over SGD with momentum 0.9.)
+(The thesis's K-FAC row, lr 0.01 and lambda 3e-4 on LeNet-5, is used for ``kfac`` on
+``digits-lenet5`` and ``digits-mlp``, lambda as decoupled weight decay, with the curvature of
+every 5th step (``curvature_every=5``: the same steps to target as every step there, at
+about 0.6x the step time). SAM runs over SGD with momentum 0.9.)
 
 Those values are used verbatim for ``mnist-lenet5`` and ``cifar10-resnet18``, except
 Shampoo's: the thesis's Shampoo is the plain ``H^(-1/4) G H^(-1/4)`` update with no grafting,
@@ -238,6 +241,73 @@ def muon(
     )
 
 
+def kfac(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    damping: float = 1e-2,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    factor_decay: float = 0.95,
+    precondition_every: int = 5,
+    norm_constraint: float | None = 1e-3,
+    curvature_every: int = 1,
+    fisher: str = "true",
+    **kwargs: Any,
+):
+    """K-FAC (Martens & Grosse 2015; Kuznetsova (2023) sec. 3.2): ``optlab.kfac``.
+
+    The update needs ``curvature=`` (per-layer Kronecker factors): the runner computes the
+    loss, gradient and curvature with ``optlab.kfac_value_and_grad(fisher=fisher)``
+    (:attr:`OptimizerSpec.needs_curvature`), the curvature every ``curvature_every``-th step
+    only (``curvature={}`` on the others). Damping 1e-2 and KL clipping 1e-3 (Ba et al.
+    2017) were the best of a 2 x 2 grid ({1e-3, 1e-2} each) at lr 0.01 on both digits tasks;
+    without clipping lr 0.01 diverges there. ``weight_decay`` is decoupled (scaled by the
+    learning rate, applied after preconditioning, as a PyTorch SGD's weight decay after a K-FAC
+    preconditioner acts). ``kwargs`` go to ``optlab.kfac``.
+    """
+    del fisher, curvature_every  # read by the runner (optlab.bench.runner)
+    return optlab.kfac(
+        learning_rate,
+        damping=damping,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        factor_decay=factor_decay,
+        precondition_every=precondition_every,
+        norm_constraint=norm_constraint,
+        **kwargs,
+    )
+
+
+def soap(
+    learning_rate: optax.ScalarOrSchedule = 3e-3,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    precondition_every: int = 10,
+    **kwargs: Any,
+):
+    """SOAP (Vyas et al. 2025), Adam in the eigenbasis of Shampoo's statistics: ``optlab.soap``.
+
+    Its steps are Adam's in size (Adam's update, rotated), so Adam-like learning rates apply.
+    The default 3e-3 is the reference's (its README: ``lr=3e-3``); the quick sweep (grid
+    1e-3..3e-2, as adam's) was run on digits-mlp only, where it chose 1e-2 with 3e-3 tied
+    within test noise (mean accuracy 0.969 vs 0.968): that task's :data:`TASK_DEFAULTS` entry.
+    ``weight_decay`` is decoupled, the reference's 0.01 by default (as ``optlab.soap``'s; the
+    sweep ran with it). SOAP's first step only initializes its bases (the reference's
+    convention, see ``help(optlab.soap)``): that step moves the parameters by the weight decay
+    alone. ``kwargs`` go to ``optlab.soap``.
+    """
+    return optlab.soap(
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        precondition_every=precondition_every,
+        **kwargs,
+    )
+
+
 # -- the registry ------------------------------------------------------------------------------
 
 
@@ -258,6 +328,9 @@ class OptimizerSpec:
     description: str
     needs_grad_fn: bool = False
     schedule_keys: tuple[str, ...] = ("learning_rate",)
+    # Its update needs ``curvature=`` from ``optlab.kfac_value_and_grad`` (K-FAC); the runner
+    # computes the step's loss and gradient with it.
+    needs_curvature: bool = False
 
     def defaults(self) -> dict[str, Any]:
         """The factory's keyword defaults (``**kwargs`` excluded)."""
@@ -289,6 +362,10 @@ _SPECS = [
         "Muon for hidden matrices, AdamW for the rest (optlab.muon)",
         schedule_keys=("learning_rate", "adam_learning_rate"),
     ),
+    OptimizerSpec("soap", soap, "SOAP, Adam in Shampoo's eigenbasis (optlab.soap)"),
+    OptimizerSpec(
+        "kfac", kfac, "K-FAC, true Fisher, pi-damped (optlab.kfac)", needs_curvature=True
+    ),
 ]
 
 OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({s.name: s for s in _SPECS})
@@ -305,6 +382,7 @@ TASK_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
     {
         # Quick sweep, 12 epochs x 14 steps; sgd and sam agree with Kuznetsova (2023) sec. 4.1.
         "digits-lenet5": {
+            "kfac": {"learning_rate": 0.01, "weight_decay": 3e-4, "curvature_every": 5},
             "sgd": {"learning_rate": 0.1, "weight_decay": 0.0},
             "momentum": {"learning_rate": 0.01},
             "adam": {"learning_rate": 1e-2},
@@ -316,6 +394,7 @@ TASK_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
         },
         # Quick sweep, 20 epochs x 22 steps.
         "digits-mlp": {
+            "kfac": {"learning_rate": 0.01, "weight_decay": 3e-4, "curvature_every": 5},
             "sgd": {"learning_rate": 0.3},
             "momentum": {"learning_rate": 0.1},
             "adam": {"learning_rate": 1e-2},
@@ -324,6 +403,8 @@ TASK_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
             "sam": {"learning_rate": 0.1, "rho": 0.1},
             "shampoo": {"learning_rate": 1e-2},
             "muon": {"learning_rate": 0.01, "adam_learning_rate": 1e-2},
+            # optlab compare --sweep --task digits-mlp --optimizers soap (3e-3 within noise).
+            "soap": {"learning_rate": 1e-2},
         },
         # Quick sweep, 20 epochs x 10 steps (ties in accuracy broken by the final loss).
         "logistic": {
@@ -386,11 +467,12 @@ _MISSED = "quick sweep; no value reaches the target"
 TASK_DEFAULT_SOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {
         "digits-lenet5": {
+            "kfac": f"{_THESIS} sec. 4.1 table (lr 0.01, lambda 3e-4)",
             "sgd": _AGREES,
             "sam": _AGREES,
             "lion": f"quick sweep; {_THESIS}'s 1e-4 reaches only 0.87 in this budget",
         },
-        "digits-mlp": {},
+        "digits-mlp": {"kfac": f"{_THESIS} sec. 4.1 LeNet-5 values (lr 0.01, lambda 3e-4)"},
         "logistic": {
             "muon": "learning_rate unused (no hidden matrix); adam_learning_rate: "
             "adam's swept value"
@@ -430,6 +512,7 @@ SWEEP_GRIDS: Mapping[str, Mapping[str, tuple[Any, ...]]] = MappingProxyType(
         # Kuznetsova (2023): "smaller values" for Lion (its sign update has unit size per entry).
         "lion": {"learning_rate": (1e-2, 3e-3, 1e-3, 3e-4, 1e-4)},
         "shampoo": {"learning_rate": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4)},
+        "soap": {"learning_rate": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4)},
         "muon": {"learning_rate": (0.2, 0.1, 0.05, 0.02, 0.01)},
     }
 )

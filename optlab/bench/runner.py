@@ -175,16 +175,88 @@ def _loss_fn(task: Task, graphdef: nnx.GraphDef) -> Callable[..., Any]:
     return loss_fn
 
 
+def _kfac_value_and_grad(task: Task, fisher: str = "true") -> Callable[..., Any]:
+    """``optlab.kfac_value_and_grad`` for the task's loss: softmax cross-entropy averaged over
+    every output position (classification, per-token tagging with equal lengths), no penalty;
+    ``ValueError`` for other tasks."""
+    import optlab
+    from optlab.bench.tasks import classification_metrics, tagging_metrics
+
+    if task.metrics not in (classification_metrics, tagging_metrics) or task.penalty is not None:
+        raise ValueError(
+            f"K-FAC needs its curvature from optlab.kfac_value_and_grad, available for softmax "
+            f"cross-entropy tasks without a penalty; task {task.name!r} is not one"
+        )
+    return optlab.kfac_value_and_grad("softmax_cross_entropy", fisher)
+
+
+def kfac_curvature_fn(task: Task, optimizer: BuiltOptimizer) -> Callable[..., Any] | None:
+    """K-FAC's ``(model, x, y, *, key, compute_curvature) -> (loss, grads, curvature)`` when
+    the optimizer is a registered one that needs it
+    (:attr:`~optlab.bench.registry.OptimizerSpec.needs_curvature`; its ``fisher``
+    hyperparameter), else None. (A ``module:factory`` K-FAC is recognized by its state
+    instead, and gets the true Fisher.)"""
+    from optlab.bench.registry import OPTIMIZERS
+
+    spec = OPTIMIZERS.get(optimizer.name)
+    if spec is None or not spec.needs_curvature:
+        return None
+    return _kfac_value_and_grad(task, optimizer.hparams.get("fisher", "true"))
+
+
+def _holds_kfac_state(opt_state: Any) -> bool:
+    import optlab
+
+    def is_kfac(s: Any) -> bool:
+        return isinstance(s, optlab.KFACState)
+
+    return any(is_kfac(s) for s in jax.tree.leaves(opt_state, is_leaf=is_kfac))
+
+
+def _kfac_step(graphdef, tx, curvature_fn, params, rest, opt_state, x, y, with_curvature=True):
+    """K-FAC's step: loss, gradient and curvature in one call of ``curvature_fn`` (no curvature,
+    ``{}``, unless ``with_curvature``); the Fisher's sampling key is the optimizer's step count
+    (skipped steps included) folded into key 0."""
+    import optlab
+
+    def find(cls: type) -> list[Any]:
+        return [
+            s
+            for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, cls))
+            if isinstance(s, cls)
+        ]
+
+    count = sum(s.count for s in find(optlab.KFACState))
+    skipped = sum(s.skipped_steps for s in find(optlab.SkipNonFiniteState))
+    key = jax.random.fold_in(jax.random.key(0), count + skipped)
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    loss, grads, curvature = curvature_fn(model, x, y, key=key, compute_curvature=with_curvature)
+    new_rest = nnx.state(model, nnx.Not(nnx.Param))
+    updates, opt_state = tx.update(grads, opt_state, params, curvature=curvature)
+    return optax.apply_updates(params, updates), new_rest, opt_state, loss
+
+
 def make_train_step(
     task: Task,
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     needs_grad_fn: bool,
+    curvature_fn: Callable[..., Any] | None = None,
+    with_curvature: bool = True,
 ) -> Callable[..., Any]:
-    """The unjitted step ``(params, rest, opt_state, x, y) -> (params, rest, opt_state, loss)``."""
+    """The unjitted step ``(params, rest, opt_state, x, y) -> (params, rest, opt_state, loss)``.
+
+    K-FAC (``curvature_fn`` given, :func:`kfac_curvature_fn`, or an optimizer state holding an
+    ``optlab.KFACState``) computes the loss, the gradient and the curvature with
+    ``optlab.kfac_value_and_grad`` and passes ``curvature=`` to the update (``{}`` when not
+    ``with_curvature``; its state's step count picks the Fisher's sampling key).
+    """
     loss_fn = _loss_fn(task, graphdef)
 
     def step(params, rest, opt_state, x, y):
+        if curvature_fn is not None or _holds_kfac_state(opt_state):
+            fn = curvature_fn if curvature_fn is not None else _kfac_value_and_grad(task)
+            return _kfac_step(graphdef, tx, fn, params, rest, opt_state, x, y, with_curvature)
         (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, y)
         extra = {}
         if needs_grad_fn:
@@ -327,7 +399,35 @@ def train_one(
             acc_sum += float(cs)
         return loss_sum / ds.num_test, acc_sum / ds.num_test
 
-    step_fn = jax.jit(make_train_step(task, graphdef, tx, needs_grad_fn), donate_argnums=donate)
+    curvature_fn = kfac_curvature_fn(task, optimizer)
+    step_fn = jax.jit(
+        make_train_step(task, graphdef, tx, needs_grad_fn, curvature_fn), donate_argnums=donate
+    )
+    curvature_every = int(hparams.get("curvature_every", 1)) if curvature_fn else 1
+    extra_compile_s = 0.0
+    if curvature_every > 1:
+        # K-FAC's curvature every k-th step only: a second step without it, compiled here
+        # (counted in compile_s) so that no training step pays its compilation.
+        t0 = time.perf_counter()
+        batch_shapes = [
+            jax.ShapeDtypeStruct((settings.batch_size, *a.shape[1:]), a.dtype)
+            for a in (ds.x_train, ds.y_train)
+        ]
+        plain_fn = (
+            jax.jit(
+                make_train_step(task, graphdef, tx, needs_grad_fn, curvature_fn, False),
+                donate_argnums=donate,
+            )
+            .lower(params, rest, opt_state, *batch_shapes)
+            .compile()
+        )
+        extra_compile_s = time.perf_counter() - t0
+        with_fn, calls = step_fn, [0]
+
+        def step_fn(*args):
+            calls[0] += 1
+            return (with_fn if (calls[0] - 1) % curvature_every == 0 else plain_fn)(*args)
+
     step_loss: list[float] = []
     step_times: list[float] = []
     evals: list[dict[str, float]] = []
@@ -340,7 +440,7 @@ def train_one(
         jax.block_until_ready((params, rest, opt_state, loss))
         dt = time.perf_counter() - t0
         if step == 1:
-            compile_s = dt  # tracing + compilation + the first execution
+            compile_s = dt + extra_compile_s  # tracing + compilation + the first execution
         else:
             step_times.append(dt)
         loss_f = float(loss)

@@ -101,7 +101,10 @@ def leaf_mismatches(reference: Any, got: Any, rtol: float, atol: float = SHARDED
 
 def extra_update_args(subject: Subject, problem: Problem) -> dict[str, Any]:
     """The extra keyword arguments every ``update()`` call of this subject receives."""
-    return {"grad_fn": jax.grad(problem.loss)} if subject.needs_grad_fn else {}
+    extra = {"grad_fn": jax.grad(problem.loss)} if subject.needs_grad_fn else {}
+    if subject.extra_args is not None:
+        extra.update(subject.extra_args(problem))
+    return extra
 
 
 def plain_tx(subject: Subject, problem_name: str | None = None) -> optax.GradientTransformation:

@@ -51,12 +51,13 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import optax
 
 import optlab
 from optlab._src.common import skip_nonfinite
 
-from .problems import PROBLEMS, Problem
+from .problems import _MATREG_X, _MIX_X, PROBLEMS, Problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Subject:
     problem_descent_lr: Mapping[str, float] = dataclasses.field(default_factory=dict)
     steps: int = 300
     rtol: float = 1e-5
+    # Extra keyword arguments of every update() on a problem (K-FAC's curvature), beside grad_fn.
+    extra_args: Callable[[Problem], Mapping[str, Any]] | None = None
 
     @property
     def structural_problem(self) -> Problem:
@@ -117,6 +120,32 @@ def scale_by_muon_user_chain(
             optax.scale_by_learning_rate(learning_rate),
         )
     )
+
+
+def kfac_curvature(problem: Problem) -> dict[str, Any]:
+    """K-FAC's curvature for the regression problems (the ``extra_args`` of the K-FAC subjects).
+
+    Their loss is ``0.5 mean_n ||W^T x_n (+ b) - y_n||^2``, whose exact Hessian in ``[W; b]`` is
+    ``A (x) I`` with ``A = mean [x; 1][x; 1]^T``: the factors ``A`` and ``G = I`` make K-FAC
+    Newton's method (the Gauss-Newton matrix of a squared error is the identity).
+    """
+    if problem.name not in ("mixed", "matrix_regression"):
+        return {}
+    x = np.asarray(_MIX_X if problem.name == "mixed" else _MATREG_X, np.float64)
+    if problem.name == "mixed":
+        x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    a = np.asarray(x.T @ x / len(x), np.float32)
+    return {"curvature": {"dense": optlab.KFACFactors(a, np.eye(8, dtype=np.float32))}}
+
+
+_KFAC: dict[str, Any] = {
+    "static": {"layers": {"dense": optlab.KFACLayer("w", "b")}, "precondition_every": 2},
+    "problem": "mixed",
+    "problems": ("mixed", "matrix_regression"),
+    "problem_hyperparams": {"matrix_regression": {"layers": {"dense": optlab.KFACLayer("w")}}},
+    "extra_args": kfac_curvature,
+    "rtol": 1e-4,  # the state holds float32 eigh inverses (see Subject.rtol)
+}
 
 
 #: For transforms that accept rank >= 2 leaves only.
@@ -215,5 +244,30 @@ SUBJECTS: list[Subject] = [
         descent_lr=0.02,
         problems=("parabola", "matrix_parabola", "mixed", "matrix_regression"),
         rtol=1e-4,  # the state holds float32 eigh roots (see Subject.rtol)
+    ),
+    # -- SOAP --------------------------------------------------------------------------------------
+    # Bases refreshed every 2 steps: the contract's problems are tiny, the schedule is not.
+    # Only axes of size <= 8 rotated: the problems' matrices are 16 x 8 and 8 x 16, whose
+    # 16 x 16 statistic has rank <= 8 at first, and a degenerate eigenspace has no unique basis
+    # (eigh picks one from the rounding of the statistic: 8 devices and one, summing in another
+    # order, pick different ones and the runs part beyond any rtol). The 8 x 8 one is full rank.
+    Subject(
+        "soap",
+        optlab.soap,
+        {"learning_rate": 0.05, "b1": 0.9, "b2": 0.95, "weight_decay": 1e-4},
+        static={"precondition_every": 2, "max_preconditioned_dim": 8},
+        problem_hyperparams={"rosenbrock": {"learning_rate": 0.2}},
+        rtol=1e-4,  # the state holds float32 eigh / QR bases (see Subject.rtol)
+    ),
+    # -- K-FAC -------------------------------------------------------------------------------------
+    # Exact curvature of the regression problems (kfac_curvature): K-FAC is damped Newton there.
+    Subject("kfac", optlab.kfac, {"learning_rate": 0.5, "damping": 1e-3, "momentum": 0.5}, **_KFAC),
+    # Inverses every step: damping (the injected hyperparameter) acts only when they refresh.
+    Subject(
+        "scale_by_kfac",
+        optlab.scale_by_kfac,
+        {"damping": 1e-3},
+        descent_lr=0.5,
+        **{**_KFAC, "static": {**_KFAC["static"], "precondition_every": 1}},
     ),
 ]

@@ -1,0 +1,818 @@
+r"""K-FAC as composable optax transforms: ``scale_by_kfac`` and the ``kfac`` optimizer.
+
+The curvature (per-layer factor contributions) comes from :func:`optlab.kfac_value_and_grad`
+(:mod:`optlab._src.kfac_curvature`); this module keeps their moving averages inside the optax
+state and preconditions with them, over the Kronecker-factor engine
+(:mod:`optlab._src.kronecker`): all factors of one size across the model are one stack, and
+their damped inverses are refreshed by batched Cholesky factorizations (one host LAPACK call
+for all of them on CPU, one batched call per size elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optlab._src import kronecker as kron
+from optlab._src.common import (
+    at_least_float32,
+    check_int,
+    check_leaf_dtypes,
+    check_learning_rate,
+    check_number,
+    skip_nonfinite,
+)
+from optlab._src.kfac_curvature import KFACFactors, find_layers
+from optlab.linalg import _lapack
+from optlab.linalg._ops import matmul
+
+_MATH = r"""
+    For a layer ``s = a W + b`` (``nnx.Linear``; ``nnx.Conv`` on im2col patches) K-FAC
+    approximates the layer's block of the Fisher by ``A (x) G`` (Martens & Grosse 2015) with
+    ``A = E[abar abar^T]`` (``abar = [a; 1]`` with a bias) and ``G = E[g g^T]``, ``g`` the
+    gradient with respect to the pre-activations (definitions and the rules for convolutions,
+    embeddings and weight sharing: :func:`optlab.kfac_value_and_grad`). With the bias as the
+    last row of ``Wbar = [W; b]`` the update is::
+
+        U = (A + pi sqrt(lambda) I)^{-1}  dWbar  (G + sqrt(lambda) / pi I)^{-1},
+        pi = sqrt((tr A / dim A) / (tr G / dim G)),
+
+    factored Tikhonov damping split by ``pi`` (Martens & Grosse 2015, sec. 6.3; ``pi = 1``
+    when a trace is 0). An embedding's ``A`` is diagonal (token frequencies), its row ``v``
+    of the update ``dE_v G_d^{-1} / (a_v + pi sqrt(lambda))``.
+
+    ``A`` and ``G`` are exponential moving averages of each step's contributions with decay
+    ``min(1 - 1/k, factor_decay)`` at step ``k`` (Martens & Grosse's rule: a plain mean over the
+    first steps, so no bias correction is needed). The damped inverses are refreshed at
+    ``start_preconditioning_step`` and every ``precondition_every`` steps after it, by one
+    batched Cholesky factorization per factor size (host LAPACK in float64 on CPU); an inverse
+    that is not finite (a factor that is not positive definite once damped) keeps the previous
+    one and is counted in ``rejected_inverses``. Before the start the update is the gradient
+    itself. ``damping`` may be a schedule ``count -> lambda``, read at each refresh (and at
+    every step by the diagonal rule).
+
+    Parameters in no registered layer (LayerNorm scales, free vectors, kernels of layers that
+    are not ``nnx.Linear`` / ``nnx.Conv`` / ``nnx.Embed``) get the diagonal rule
+    ``u = g / (v + lambda)`` with ``v`` the same moving average of ``g * g`` (the squared
+    minibatch gradient: the diagonal analogue of ``G^{-1} g A^{-1}``, like kfac-jax's naive
+    diagonal block).
+
+    Which leaves form a layer. By default the parameter tree's names, as stock NNX layers name
+    them: a leaf ``.../kernel`` (at least 2-D; ``[*in_axes, out]``, flattened to
+    ``[prod(in_axes), out]``) with its sibling ``.../bias`` of shape ``[out]`` is the dense or
+    conv layer ``"..."``; ``.../embedding`` (2-D) is an embedding. ``layers=`` replaces the rule
+    (:func:`optlab.kfac_layers` builds the exact mapping from a model; pure-JAX models name
+    their leaves there). ``update`` needs ``curvature=`` with one :class:`KFACFactors` per
+    layer, keyed by layer name (``ValueError`` at trace time for a layer without one or with
+    factors of the wrong size).
+
+    KL clipping (``norm_constraint = C``, Ba et al. 2017, kfac-jax's ``norm_constraint``): the
+    update is scaled by ``min(1, sqrt(C / (lr^2 |<U, g>|)))``, ``lr`` the learning rate
+    (1 for :func:`scale_by_kfac`, which does not know it).
+
+    NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose gradient,
+    curvature, new factors or update is not finite is skipped (zero update, state unchanged,
+    ``skipped_steps`` counts it). Factors run in float32 at least; the update comes back in the
+    gradient's dtype.
+
+    References:
+      J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+      Curvature", ICML 2015.
+      R. Grosse, J. Martens, "A Kronecker-factored approximate Fisher matrix for convolution
+      layers", ICML 2016.
+      J. Ba, R. Grosse, J. Martens, "Distributed Second-Order Optimization using
+      Kronecker-Factored Approximations", ICLR 2017.
+      R. Eschenhagen et al., "Kronecker-Factored Approximate Curvature for Modern Neural
+      Network Architectures", NeurIPS 2023.
+      M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods
+      for training neural networks", graduation thesis, Lomonosov Moscow State University, 2023
+      (sec. 3.2, eq. 18-21).
+"""
+
+LAYER_KINDS = ("dense", "embed")
+
+
+class KFACLayer(NamedTuple):
+    """Which parameter leaves form one K-FAC layer (an entry of ``layers=``).
+
+    Attributes:
+      kernel: path of the kernel leaf, keys joined by ``"/"`` (``"layers/0/kernel"``); for
+        ``kind="dense"`` shaped ``[*in_axes, out]``, for ``"embed"`` ``[num_embeddings, out]``.
+      bias: path of the bias leaf (``[out]``), or None.
+      kind: ``"dense"`` (dense and conv layers) or ``"embed"`` (diagonal input factor).
+    """
+
+    kernel: str
+    bias: str | None = None
+    kind: str = "dense"
+
+
+class KFACState(NamedTuple):
+    """State of K-FAC's preconditioning (``SkipNonFiniteState.inner`` of :func:`scale_by_kfac`).
+
+    Attributes:
+      count: steps taken (skipped steps excluded).
+      factors: the moving averages: every ``A`` and ``G`` matrix stacked by size in one flat
+        buffer, then the embeddings' diagonal ``A`` and the diagonal rule's ``v``.
+      inverses: the damped inverses of the matrix factors (same layout), then of the
+        embeddings' diagonal ``A``.
+      rejected_inverses: refreshed inverses that were not finite (the previous ones kept).
+      curvature_updates: steps whose curvature was folded into the factors (not ``{}``).
+    """
+
+    count: jax.Array
+    factors: jax.Array
+    inverses: jax.Array
+    rejected_inverses: jax.Array
+    curvature_updates: jax.Array
+
+
+# -- the static plan -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    name: str
+    kind: str
+    kernel: int  # leaf index
+    bias: int | None
+    d_in: int  # kernel rows (without the bias)
+    d_out: int
+    a_slot: int  # dense: global matrix slot of A; embed: index of its diagonal
+    g_slot: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    layout: kron.Layout
+    layers: tuple[_Layer, ...]
+    slots: tuple[tuple[int, int], ...]  # global matrix slot -> (group, position)
+    embed_sizes: tuple[int, ...]
+    diag_leaves: tuple[int, ...]  # leaf indices under the diagonal rule
+
+    @property
+    def embed_size(self) -> int:
+        return sum(self.embed_sizes)
+
+    @property
+    def inverses_size(self) -> int:
+        return self.layout.matrix_size + self.embed_size
+
+
+def _key_name(key: Any) -> Any:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return getattr(key, attr)
+    return str(key)
+
+
+def _leaf_path(path: tuple[Any, ...]) -> str:
+    keys = [_key_name(k) for k in path]
+    # nnx.Variable leaves flatten with a trailing ``.value``.
+    if keys and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
+        keys = keys[:-1]
+    return "/".join(str(k) for k in keys)
+
+
+def _default_layers(paths: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]):
+    index = {p: i for i, p in enumerate(paths)}
+    out: dict[str, KFACLayer] = {}
+    for p, shape in zip(paths, shapes):
+        parent, _, last = p.rpartition("/")
+        if last == "kernel" and len(shape) >= 2:
+            bias = f"{parent}/bias" if parent else "bias"
+            ok = bias in index and shapes[index[bias]] == (shape[-1],)
+            out[parent] = KFACLayer(p, bias if ok else None, "dense")
+        elif last == "embedding" and len(shape) == 2:
+            out[parent] = KFACLayer(p, None, "embed")
+    return out
+
+
+@functools.lru_cache(maxsize=128)
+def _make_plan(
+    paths: tuple[str, ...],
+    shapes: tuple[tuple[int, ...], ...],
+    layers: tuple[tuple[str, KFACLayer], ...] | None,
+    strict: bool,
+) -> _Plan:
+    index = {p: i for i, p in enumerate(paths)}
+    spec = dict(layers) if layers is not None else _default_layers(paths, shapes)
+    found: list[tuple[str, str, int, int | None]] = []
+    used: set[int] = set()
+    for name, layer in spec.items():
+        if layer.kernel not in index or (layer.bias is not None and layer.bias not in index):
+            if strict:
+                missing = layer.kernel if layer.kernel not in index else layer.bias
+                raise ValueError(
+                    f"layers[{name!r}]: no parameter leaf {missing!r}; leaves: {list(paths)}"
+                )
+            continue
+        k = index[layer.kernel]
+        b = None if layer.bias is None else index[layer.bias]
+        kshape = shapes[k]
+        if len(kshape) < 2 or (layer.kind == "embed" and len(kshape) != 2):
+            raise ValueError(f"layers[{name!r}]: kernel of shape {kshape} is not a matrix")
+        if b is not None and shapes[b] != (kshape[-1],):
+            raise ValueError(
+                f"layers[{name!r}]: bias of shape {shapes[b]} does not match the kernel's "
+                f"{kshape[-1]} outputs"
+            )
+        if k in used or (b is not None and b in used):
+            raise ValueError(f"layers[{name!r}]: a leaf belongs to two layers")
+        used.update({k} if b is None else {k, b})
+        found.append((name, layer.kind, k, b))
+
+    # Matrix slots in layer order; groups by size (one batched refresh per size).
+    slot_dims: list[int] = []
+    embed_sizes: list[int] = []
+    raw: list[tuple[str, str, int, int | None, int, int, int, int]] = []
+    for name, kind, k, b in found:
+        kshape = shapes[k]
+        d_in, d_out = math.prod(kshape[:-1]), kshape[-1]
+        if kind == "embed":
+            a_slot = len(embed_sizes)
+            embed_sizes.append(d_in)
+        else:
+            a_slot = len(slot_dims)
+            slot_dims.append(d_in + (b is not None))
+        g_slot = len(slot_dims)
+        slot_dims.append(d_out)
+        raw.append((name, kind, k, b, d_in, d_out, a_slot, g_slot))
+    groups: list[kron.Group] = []
+    slots: list[tuple[int, int]] = [(0, 0)] * len(slot_dims)
+    offset = 0
+    for gi, dim in enumerate(sorted(set(slot_dims))):
+        members = [s for s, d in enumerate(slot_dims) if d == dim]
+        for pos, s in enumerate(members):
+            slots[s] = (gi, pos)
+        groups.append(kron.Group(dim, 1, len(members), offset))
+        offset += len(members) * dim * dim
+    diag_leaves = tuple(i for i in range(len(paths)) if i not in used and math.prod(shapes[i]) > 0)
+    vector_sizes = (*embed_sizes, *(math.prod(shapes[i]) for i in diag_leaves))
+    layout = kron.Layout((), (), tuple(groups), offset, tuple(vector_sizes))
+    return _Plan(
+        layout, tuple(_Layer(*r) for r in raw), tuple(slots), tuple(embed_sizes), diag_leaves
+    )
+
+
+def _plan_of(tree: Any, layers: tuple[tuple[str, KFACLayer], ...] | None, strict: bool):
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = tuple(_leaf_path(p) for p, _ in with_path)
+    shapes = tuple(tuple(np.shape(x)) for _, x in with_path)
+    return _make_plan(paths, shapes, layers, strict), [x for _, x in with_path], treedef
+
+
+def kfac_layers(model: Any) -> dict[str, KFACLayer]:
+    """The exact ``layers=`` mapping for an NNX model: its ``nnx.Linear``, ``nnx.Conv`` and
+    ``nnx.Embed`` layers by name (the module path, ``"layers/0"``), what
+    :func:`optlab.kfac_value_and_grad` captures. Use it when the default name rule would take
+    other leaves named ``kernel`` for layers (e.g. ``nnx.LinearGeneral``, ``nnx.Einsum``).
+
+    Example:
+      >>> import optlab
+      >>> from flax import nnx
+      >>> optlab.kfac_layers(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+      {'': KFACLayer(kernel='kernel', bias='bias', kind='dense')}
+    """
+    out = {}
+    for name, (kind, module) in find_layers(model).items():
+        prefix = f"{name}/" if name else ""
+        if kind == "embed":
+            out[name] = KFACLayer(f"{prefix}embedding", None, "embed")
+        else:
+            bias = f"{prefix}bias" if module.bias is not None else None
+            out[name] = KFACLayer(f"{prefix}kernel", bias, "dense")
+    return out
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _python(value: Any) -> Any:
+    if isinstance(value, jax.Array | np.ndarray) and not isinstance(value, jax.core.Tracer):
+        return np.asarray(value).item() if np.ndim(value) == 0 else value
+    return value
+
+
+def _step_option(name: str, value: Any, minimum: int) -> Any:
+    if not isinstance(value, jax.core.Tracer):
+        check_int(name, _python(value), minimum)
+    return value
+
+
+def _check_layers(layers: Any) -> tuple[tuple[str, KFACLayer], ...] | None:
+    if layers is None:
+        return None
+    if not isinstance(layers, Mapping):
+        raise ValueError(
+            f"layers must be None or a mapping name -> KFACLayer(kernel, bias, kind), got "
+            f"{type(layers).__name__}"
+        )
+    out = []
+    for name, layer in layers.items():
+        try:
+            layer = KFACLayer(*layer) if not isinstance(layer, KFACLayer) else layer
+        except TypeError:
+            layer = None
+        ok = (
+            layer is not None
+            and isinstance(name, str)
+            and isinstance(layer.kernel, str)
+            and (layer.bias is None or isinstance(layer.bias, str))
+            and layer.kind in LAYER_KINDS
+        )
+        if not ok:
+            raise ValueError(
+                f"layers[{name!r}] must be KFACLayer(kernel: str, bias: str | None, kind in "
+                f"{LAYER_KINDS}), got {layers[name]!r}"
+            )
+        out.append((name, layer))
+    return tuple(out)
+
+
+def _check_damping(damping: Any) -> None:
+    if callable(damping) and not isinstance(damping, jax.Array | np.ndarray):
+        return
+    try:
+        check_number("damping", damping, low=0.0, low_open=True)
+    except ValueError:
+        raise ValueError(f"damping must be a float > 0 or a schedule, got {damping!r}") from None
+
+
+# -- the transform ---------------------------------------------------------------------------------
+@functools.cache
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - optional: then the BLAS keeps its threads
+        return None
+    return ThreadpoolController()
+
+
+def _single_threaded_blas() -> Any:
+    """A context in which the host BLAS runs on one thread (nothing, without threadpoolctl).
+
+    The callback runs while XLA's CPU threads hold the cores; a multithreaded BLAS spinning on
+    top of them made a 401 x 401 ``potri`` take 0.3 to 1.5 s instead of 6 ms on a loaded 2-core
+    machine, and factors of a few hundred rows gain nothing from BLAS threads. Only one host
+    LAPACK call runs at a time in optlab (the ``host_call`` lock), so the temporary limit is
+    seen by nobody else that uses it.
+    """
+    controller = _blas_controller()
+    if controller is None:  # pragma: no cover
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
+
+
+def _host_damped_inverses_all(*args: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Host: :func:`_host_damped_inverses` of every group, ``args = (*stacks, *ridges)``."""
+    n = len(args) // 2
+    with _single_threaded_blas():
+        return tuple(_host_damped_inverses(args[i], args[n + i]) for i in range(n))
+
+
+def _host_damped_inverses(stats: np.ndarray, ridge: np.ndarray) -> np.ndarray:
+    """Host: ``(S + r I)^{-1}`` by LAPACK ``potrf`` + ``potri`` in float64, matrix by matrix;
+    NaN where ``S + r I`` is not finite or not positive definite."""
+    from scipy.linalg import lapack
+
+    out = np.full(stats.shape, np.nan, stats.dtype)
+    eye = np.eye(stats.shape[-1])
+    for i in range(stats.shape[0]):
+        a = stats[i].astype(np.float64) + float(ridge[i]) * eye
+        if not np.all(np.isfinite(a)):
+            continue
+        c, info = lapack.dpotrf(a, lower=1, clean=1)
+        if info != 0:
+            continue
+        inv, info = lapack.dpotri(c, lower=1)
+        if info != 0:
+            continue
+        out[i] = np.tril(inv) + np.tril(inv, -1).T
+    return out
+
+
+def _damped_inverses(ridges: dict[int, jax.Array]) -> kron.RefreshFn:
+    """The engine's refresh off CPU: ``(S + r I)^{-1}`` with the per-matrix ridge ``r`` by
+    ``jax.lax.linalg.cholesky`` and a triangular solve (the damped factor is positive definite;
+    a Cholesky costs a third of an ``eigh`` and is all Tikhonov damping needs); accepted when
+    finite. (On CPU :func:`_refresh` sends every group to host LAPACK in one call instead:
+    jaxlib's batched CPU kernels can hang multi-device programs, see
+    :mod:`optlab.linalg._lapack`.)"""
+
+    def refresh_fn(stats: jax.Array, group: kron.Group) -> tuple[jax.Array, jax.Array]:
+        ridge = ridges[group.offset].astype(stats.dtype)
+        eye = jnp.eye(group.dim, dtype=stats.dtype)
+        chol = jax.lax.linalg.cholesky(stats + ridge[:, None, None] * eye, symmetrize_input=True)
+        inv_l = jax.lax.linalg.triangular_solve(
+            chol, jnp.broadcast_to(eye, stats.shape), left_side=True, lower=True
+        )
+        inverse = matmul(jnp.swapaxes(inv_l, 1, 2), inv_l)  # (L L^T)^{-1} = L^{-T} L^{-1}
+        return inverse, jnp.all(jnp.isfinite(inverse), axis=(1, 2))
+
+    return refresh_fn
+
+
+def _preconditioner(
+    name: str,
+    *,
+    damping,
+    factor_decay,
+    precondition_every,
+    start_preconditioning_step,
+    norm_constraint,
+    layers,
+    learning_rate=None,
+) -> tuple[optax.GradientTransformation, Callable[[KFACState], jax.Array]]:
+    """K-FAC's preconditioning without the NaN guard, and the guard's cheap state check."""
+    _check_damping(damping)
+    check_number("factor_decay", factor_decay, low=0.0, high=1.0)
+    every = _step_option("precondition_every", precondition_every, 1)
+    start = _step_option("start_preconditioning_step", start_preconditioning_step, 0)
+    check_number("norm_constraint", norm_constraint, low=0.0, low_open=True, allow_none=True)
+    layers = _check_layers(layers)
+    last_plan: list[_Plan] = []
+
+    def init_fn(params):
+        check_leaf_dtypes(params, name)
+        # Not strict: optax.tree.map_params calls init on a placeholder without leaves.
+        plan, leaves, _ = _plan_of(params, layers, strict=bool(jax.tree.leaves(params)))
+        last_plan[:] = [plan]
+        dtype = at_least_float32(jnp.result_type(*leaves)) if leaves else jnp.float32
+        inverses = kron.identity_factors(plan.layout, dtype)
+        return KFACState(
+            count=jnp.zeros([], jnp.int32),
+            factors=jnp.zeros((plan.layout.stats_size,), dtype),
+            inverses=jnp.concatenate([inverses, jnp.ones((plan.embed_size,), dtype)]),
+            rejected_inverses=jnp.zeros([], jnp.int32),
+            curvature_updates=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, curvature=None, **extra_args):
+        del params, extra_args
+        plan, leaves, treedef = _plan_of(updates, layers, strict=True)
+        last_plan[:] = [plan]
+        layout = plan.layout
+        dtype = state.factors.dtype
+        curvature = _checked_curvature(curvature, plan)
+        grads = [jnp.asarray(g).astype(dtype) for g in leaves]
+        fresh = curvature is not None  # static: {} means no new curvature this step
+        updates_done = state.curvature_updates + (1 if fresh else 0)
+        factors = state.factors
+        if fresh:
+            # This step's contributions, stacked by group in slot order.
+            per_group: list[list[jax.Array | None]] = [[None] * g.count for g in layout.groups]
+            embed_parts = []
+            for layer in plan.layers:
+                f = curvature[layer.name]
+                if layer.kind == "embed":
+                    embed_parts.append(jnp.asarray(f.a, dtype))
+                else:
+                    gi, pos = plan.slots[layer.a_slot]
+                    per_group[gi][pos] = jnp.asarray(f.a, dtype)
+                gi, pos = plan.slots[layer.g_slot]
+                per_group[gi][pos] = jnp.asarray(f.g, dtype)
+            diag_parts = [jnp.square(grads[i]).ravel() for i in plan.diag_leaves]
+            vector = embed_parts + diag_parts
+            contributions = kron.Statistics(
+                tuple(jnp.stack(parts) for parts in per_group),
+                jnp.concatenate(vector) if vector else None,
+            )
+            # The k-th update of the factors (k = 1, 2, ...): decay min(1 - 1/k, factor_decay).
+            k = updates_done.astype(dtype)
+            decay = jnp.minimum(1.0 - 1.0 / k, jnp.asarray(factor_decay, dtype))
+            factors = kron.accumulate(state.factors, contributions, layout, decay)
+        lam = jnp.asarray(damping(state.count) if callable(damping) else damping, dtype)
+
+        def refresh():
+            return _refresh(factors, state.inverses, plan, lam)
+
+        # Nothing to invert before the first curvature: the inverses stay the identity.
+        due = (state.count >= start) & ((state.count - start) % every == 0) & (updates_done > 0)
+        inverses, rejected = jax.lax.cond(
+            due, refresh, lambda: (state.inverses, jnp.zeros([], jnp.int32))
+        )
+        out = _precondition(grads, factors, inverses, plan, lam)
+        if norm_constraint is not None:
+            lr = 1.0 if learning_rate is None else learning_rate
+            lr = lr(state.count) if callable(lr) else lr
+            inner = sum(jnp.vdot(u, g) for u, g in zip(out, grads))
+            bound = jnp.asarray(norm_constraint, dtype) / (jnp.square(lr) * jnp.abs(inner))
+            # 0 / 0 (a zero gradient) is NaN: then nothing to clip.
+            scale = jnp.where(jnp.isnan(bound), 1.0, jnp.minimum(1.0, jnp.sqrt(bound)))
+            out = [u * scale.astype(dtype) for u in out]
+        out = jax.lax.cond(state.count >= start, lambda: out, lambda: grads)
+        new_state = KFACState(
+            count=optax.safe_increment(state.count),
+            factors=factors,
+            inverses=inverses,
+            rejected_inverses=state.rejected_inverses + rejected,
+            curvature_updates=updates_done,
+        )
+        out = [u.astype(jnp.result_type(g)) for u, g in zip(out, leaves)]
+        return treedef.unflatten(out), new_state
+
+    def state_is_finite(state: KFACState) -> jax.Array:
+        # Inverses are never non-finite (rejected), counts are integers; the factors are PSD
+        # sums, whose off-diagonal entries overflow only where a diagonal one does.
+        return kron.statistics_finite(state.factors, last_plan[0].layout)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn), state_is_finite
+
+
+def _checked_curvature(curvature: Any, plan: _Plan) -> dict[str, KFACFactors] | None:
+    """The curvature by layer name; None for ``{}`` ("no new curvature this step")."""
+    if isinstance(curvature, Mapping) and not curvature:
+        return None
+    if not plan.layers:
+        return {}
+    if curvature is None:
+        raise ValueError(
+            "K-FAC's update needs curvature= (from optlab.kfac_value_and_grad): "
+            f"one KFACFactors per layer {[layer.name for layer in plan.layers]}"
+        )
+    if not isinstance(curvature, Mapping):
+        raise ValueError(f"curvature must be a dict name -> KFACFactors, got {type(curvature)}")
+    out = {}
+    for layer in plan.layers:
+        if layer.name not in curvature:
+            raise ValueError(
+                f"curvature has no entry for layer {layer.name!r} (entries: {list(curvature)}); "
+                "pass layers=optlab.kfac_layers(model) to precondition only the captured layers"
+            )
+        a, g = curvature[layer.name]
+        a_shape = (
+            (layer.d_in,) if layer.kind == "embed" else (layer.d_in + (layer.bias is not None),) * 2
+        )
+        if tuple(np.shape(a)) != a_shape or tuple(np.shape(g)) != (layer.d_out, layer.d_out):
+            raise ValueError(
+                f"curvature[{layer.name!r}] has factors of shapes {np.shape(a)} and "
+                f"{np.shape(g)}, expected {a_shape} and {(layer.d_out, layer.d_out)}"
+            )
+        out[layer.name] = KFACFactors(a, g)
+    return out
+
+
+def _refresh(
+    factors: jax.Array, old: jax.Array, plan: _Plan, lam: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """New damped inverses of every factor (pi-split Tikhonov damping)."""
+    layout = plan.layout
+    dtype = factors.dtype
+    stacks = kron.group_stacks(factors, layout)
+    # tr(F) / dim(F) of every matrix slot, in global slot order.
+    per_group = [jnp.trace(s, axis1=1, axis2=2) / g.dim for s, g in zip(stacks, layout.groups)]
+    slot_scale = (
+        jnp.stack([per_group[gi][pos] for gi, pos in plan.slots])
+        if plan.slots
+        else jnp.zeros((0,), dtype)
+    )
+    diag = kron.diagonal_statistics(factors, layout)
+    embed_diag, offsets = [], np.cumsum((0, *plan.embed_sizes))
+    for i, size in enumerate(plan.embed_sizes):
+        embed_diag.append(jax.lax.slice_in_dim(diag, int(offsets[i]), int(offsets[i]) + size))
+    root = jnp.sqrt(lam)
+    ridge = jnp.zeros((len(plan.slots),), dtype)
+    embed_ridges = []
+    for layer in plan.layers:
+        sa = (
+            jnp.mean(embed_diag[layer.a_slot])
+            if layer.kind == "embed"
+            else slot_scale[layer.a_slot]
+        )
+        sg = slot_scale[layer.g_slot]
+        ratio = sa / sg
+        pi = jnp.where((sa > 0) & (sg > 0) & jnp.isfinite(ratio), jnp.sqrt(ratio), 1.0)
+        if layer.kind == "embed":
+            embed_ridges.append(pi * root)
+        else:
+            ridge = ridge.at[layer.a_slot].set(pi * root)
+        ridge = ridge.at[layer.g_slot].set(root / pi)
+    ridges = {}
+    for gi, group in enumerate(layout.groups):
+        members = [s for s, (g, _) in enumerate(plan.slots) if g == gi]
+        ridges[group.offset] = ridge[np.asarray(members, np.int32)]
+    if _lapack.on_cpu() and layout.groups:
+        # One host call for every group (each call costs a round trip through the runtime),
+        # then the engine's rule: a matrix whose inverse is not finite keeps its previous one.
+        stacks = kron.group_stacks(factors, layout)
+        candidates = _lapack.host_call(
+            _host_damped_inverses_all,
+            tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in stacks),
+            *stacks,
+            *(ridges[g.offset].astype(dtype) for g in layout.groups),
+        )
+        kept, rejected = [], jnp.zeros([], jnp.int32)
+        for new, prev in zip(candidates, kron.group_stacks(old[: layout.matrix_size], layout)):
+            ok = jnp.all(jnp.isfinite(new), axis=(1, 2))
+            kept.append(jnp.where(ok[:, None, None], new, prev).ravel())
+            rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
+        matrices = jnp.concatenate(kept)
+    else:
+        matrices, rejected = kron.refresh(
+            factors, old[: layout.matrix_size], layout, _damped_inverses(ridges)
+        )
+    parts = [matrices]
+    old_embed = old[layout.matrix_size :]
+    for i, (a, r) in enumerate(zip(embed_diag, embed_ridges)):
+        inv = 1.0 / (jnp.maximum(a, 0.0) + r)
+        prev = jax.lax.slice_in_dim(old_embed, int(offsets[i]), int(offsets[i + 1]))
+        ok = jnp.all(jnp.isfinite(inv))
+        parts.append(jnp.where(ok, inv, prev))
+        rejected = rejected + jnp.where(ok, 0, 1).astype(jnp.int32)
+    return jnp.concatenate(parts).astype(dtype), rejected
+
+
+def _precondition(
+    grads: list[jax.Array], factors: jax.Array, inverses: jax.Array, plan: _Plan, lam: jax.Array
+) -> list[jax.Array]:
+    layout = plan.layout
+    offsets = np.cumsum((0, *plan.embed_sizes))
+    out = list(grads)
+
+    def matrix(slot: int) -> jax.Array:
+        # A static slice of the flat buffer: one matrix, no copy of its whole group.
+        gi, pos = plan.slots[slot]
+        group = layout.groups[gi]
+        start = group.offset + pos * group.dim * group.dim
+        return jax.lax.slice_in_dim(inverses, start, start + group.dim**2).reshape(
+            group.dim, group.dim
+        )
+
+    for layer in plan.layers:
+        kernel = grads[layer.kernel]
+        g_inv = matrix(layer.g_slot)
+        w = kernel.reshape(layer.d_in, layer.d_out)
+        if layer.kind == "embed":
+            a_inv = jax.lax.slice_in_dim(
+                inverses,
+                layout.matrix_size + int(offsets[layer.a_slot]),
+                layout.matrix_size + int(offsets[layer.a_slot + 1]),
+            )
+            u = matmul(w * a_inv[:, None], g_inv)
+            out[layer.kernel] = u.reshape(kernel.shape)
+            continue
+        if layer.bias is not None:
+            w = jnp.concatenate([w, grads[layer.bias][None, :]])
+        u = matmul(matmul(matrix(layer.a_slot), w), g_inv)
+        out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
+        if layer.bias is not None:
+            out[layer.bias] = u[layer.d_in]
+    if plan.diag_leaves:
+        v = kron.diagonal_statistics(factors, layout)
+        start = plan.embed_size
+        for i in plan.diag_leaves:
+            size = math.prod(grads[i].shape)
+            vi = jax.lax.slice_in_dim(v, start, start + size).reshape(grads[i].shape)
+            out[i] = grads[i] / (vi + lam)
+            start += size
+    return out
+
+
+def scale_by_kfac(
+    *,
+    damping: float | Callable[[jax.Array], jax.Array] = 1e-3,
+    factor_decay: float = 0.95,
+    precondition_every: int = 5,
+    start_preconditioning_step: int = 0,
+    norm_constraint: float | None = None,
+    layers: Mapping[str, KFACLayer] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Scale updates by K-FAC's Kronecker-factored inverse Fisher (Martens & Grosse 2015).
+
+    ``update(grads, state, params=None, *, curvature)``: ``curvature`` from
+    :func:`optlab.kfac_value_and_grad` (or built with :func:`optlab.kfac_dense_factors` for a
+    pure-JAX model), the same batch as ``grads``; ``curvature={{}}`` means no new curvature this
+    step (the factors, and the diagonal rule's ``v``, are kept: curvature every ``k``-th step
+    only, as kfac-jax's ``curvature_update_period``). The first inverses are computed at the
+    first refresh after some curvature arrived; until then they are the identity.
+    {math}
+    Args:
+      damping: Tikhonov damping ``lambda > 0``, or a schedule ``count -> lambda``.
+      factor_decay: decay of the factors' moving averages, in ``[0, 1]`` (kfac-jax's
+        ``curvature_ema``); ``1`` keeps a running mean of all steps.
+      precondition_every: refresh the damped inverses every this many steps (``>= 1``;
+        kfac-jax's ``inverse_update_period``).
+      start_preconditioning_step: first step that preconditions (and refreshes, ``>= 0``);
+        before it the update is the gradient.
+      norm_constraint: KL-clipping bound ``C > 0`` (None: no clipping).
+      layers: which leaves form a layer (:class:`KFACLayer` by name); default: the stock NNX
+        names (see above). :func:`optlab.kfac_layers` gives the exact mapping of a model.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is
+      ``SkipNonFiniteState(inner=KFACState(...), skipped_steps)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> from flax import nnx
+      >>> model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+      >>> params = nnx.state(model, nnx.Param)
+      >>> tx = optax.chain(optlab.scale_by_kfac(damping=1e-2), optax.scale(-0.1))
+      >>> state = tx.init(params)
+      >>> vg = optlab.kfac_value_and_grad("softmax_cross_entropy", "empirical")
+      >>> loss, grads, curvature = vg(model, jnp.ones((8, 4)), jnp.zeros(8, jnp.int32))
+      >>> updates, state = tx.update(grads, state, params, curvature=curvature)
+      >>> int(state[0].inner.count), int(state[0].skipped_steps)
+      (1, 0)
+    """
+    raw, state_is_finite = _preconditioner(
+        "optlab.scale_by_kfac",
+        damping=damping,
+        factor_decay=factor_decay,
+        precondition_every=precondition_every,
+        start_preconditioning_step=start_preconditioning_step,
+        norm_constraint=norm_constraint,
+        layers=layers,
+    )
+    return skip_nonfinite(raw, state_is_finite=state_is_finite)
+
+
+def kfac(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    damping: float | Callable[[jax.Array], jax.Array] = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any | Callable | None = None,
+    norm_constraint: float | None = None,
+    factor_decay: float = 0.95,
+    precondition_every: int = 5,
+    start_preconditioning_step: int = 0,
+    layers: Mapping[str, KFACLayer] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The K-FAC optimizer: preconditioning, KL clipping, momentum, decoupled weight decay.
+
+    ``skip_nonfinite(chain(<scale_by_kfac's preconditioning>(norm_constraint with the learning
+    rate), trace(momentum), add_decayed_weights(weight_decay, weight_decay_mask),
+    scale_by_learning_rate(learning_rate)))``: heavy-ball momentum on the (clipped) natural
+    gradient, as kfac-jax with fixed learning rate and momentum; one NaN/Inf guard covers the
+    whole chain. ``update(grads, state, params, *, curvature)`` as for :func:`scale_by_kfac`.
+    {math}
+    Args:
+      learning_rate: a float ``>= 0`` or an optax schedule.
+      damping: Tikhonov damping ``lambda > 0`` or a schedule.
+      momentum: heavy-ball momentum in ``[0, 1)``; 0 disables it.
+      weight_decay: decoupled weight decay ``>= 0`` (``W <- W - lr * wd * W``).
+      weight_decay_mask: optax mask for the weight decay.
+      norm_constraint: KL-clipping bound ``C > 0`` (None: off).
+      factor_decay, precondition_every, start_preconditioning_step, layers: as in
+        :func:`scale_by_kfac`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is
+      ``SkipNonFiniteState(inner=(KFACState, <momentum, weight decay, schedule states>),
+      skipped_steps)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> from flax import nnx
+      >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu,
+      ...                        nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
+      >>> optimizer = nnx.Optimizer(model, optlab.kfac(0.1, damping=1e-2), wrt=nnx.Param)
+      >>> vg = optlab.kfac_value_and_grad("softmax_cross_entropy", "true")
+      >>> @nnx.jit
+      ... def step(model, optimizer, x, y, key):
+      ...     loss, grads, curvature = vg(model, x, y, key=key)
+      ...     optimizer.update(model, grads, curvature=curvature)
+      ...     return loss
+      >>> x, y = jnp.ones((16, 4)), jnp.zeros(16, jnp.int32)
+      >>> losses = [float(step(model, optimizer, x, y, jax.random.key(i))) for i in range(5)]
+      >>> losses[-1] < losses[0]
+      True
+    """
+    check_learning_rate(learning_rate)
+    check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    check_number("weight_decay", weight_decay, low=0.0)
+    raw, state_is_finite = _preconditioner(
+        "optlab.kfac",
+        damping=damping,
+        factor_decay=factor_decay,
+        precondition_every=precondition_every,
+        start_preconditioning_step=start_preconditioning_step,
+        norm_constraint=norm_constraint,
+        layers=layers,
+        learning_rate=learning_rate,
+    )
+    parts = [raw]
+    # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
+    # not depend on a value that can change.
+    if isinstance(momentum, jax.Array) or momentum > 0:
+        parts.append(optax.trace(decay=momentum))
+    if isinstance(weight_decay, jax.Array) or weight_decay != 0:
+        parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return skip_nonfinite(
+        optax.chain(*parts), state_is_finite=lambda chain_state: state_is_finite(chain_state[0])
+    )
+
+
+scale_by_kfac.__doc__ = scale_by_kfac.__doc__.format(math=_MATH)
+kfac.__doc__ = kfac.__doc__.format(math=_MATH)
+
+__all__ = ["LAYER_KINDS", "KFACLayer", "KFACState", "kfac", "kfac_layers", "scale_by_kfac"]
