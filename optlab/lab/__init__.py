@@ -5,11 +5,25 @@
   (Li et al. 2018); ``optlab lab landscape`` on the command line;
 * :mod:`optlab.lab.connect`: Bezier / polychain curves between two solutions (Garipov et al.
   2018); ``optlab lab connect`` on the command line.
+* :mod:`optlab.lab.grokking`, :mod:`optlab.lab.double_descent`, :mod:`optlab.lab.rosenbrock`,
+  :mod:`optlab.lab.sgd_noise`, :mod:`optlab.lab.init`: the lectures' training-dynamics
+  experiments (grokking on modular division, polynomial double descent, optax's methods on
+  Rosenbrock, SGD's noise floor, He vs Glorot initialization); ``optlab lab grokking`` /
+  ``double-descent`` / ``rosenbrock`` / ``sgd-noise`` / ``init``.
 
 Lab tools may depend on optlab's transforms, models and data; transforms never import lab.
 """
 
-from optlab.lab import connect, landscape, sharpness
+from optlab.lab import (
+    connect,
+    double_descent,
+    grokking,
+    init,
+    landscape,
+    rosenbrock,
+    sgd_noise,
+    sharpness,
+)
 from optlab.lab.sharpness import (
     HessianEigen,
     TraceEstimate,
@@ -23,10 +37,15 @@ __all__ = [
     "HessianEigen",
     "TraceEstimate",
     "connect",
+    "double_descent",
+    "grokking",
+    "init",
     "hessian_eigenvalues_lanczos",
     "hessian_eigenvalues_power",
     "hessian_trace",
     "hessian_vector_product",
     "landscape",
+    "rosenbrock",
+    "sgd_noise",
     "sharpness",
 ]

@@ -224,6 +224,11 @@ def add_parser(sub: Any, integer: Callable[[str], int], number: Callable[[str], 
         help="values of t in [0, 1] evaluated (default: %(default)s)",
     )
 
+    # The training-dynamics experiments (grokking, double-descent, ...) live in their own module.
+    from optlab.lab import _cli_dynamics
+
+    _cli_dynamics.add_parsers(lab_sub, integer, number)
+
 
 # -- checks ------------------------------------------------------------------------------------
 
@@ -765,7 +770,9 @@ def run_connect(args: argparse.Namespace, stream: Any = None) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``optlab lab <command>``; bad input: one line on stderr, status 2."""
-    run = {"landscape": run_landscape, "connect": run_connect}[args.lab_command]
+    from optlab.lab._cli_dynamics import RUNNERS
+
+    run = {"landscape": run_landscape, "connect": run_connect, **RUNNERS}[args.lab_command]
     try:
         run(args)
     except LabError as e:
