@@ -110,3 +110,24 @@ def test_square_sums_is_the_largest_leaf_sum_and_overflows_to_inf():
     # The same gradient in float64 does not overflow: the sum runs in the dtype asked for.
     assert float(square_sums({"a": np.full(2, 2e19, np.float32)}, jnp.float64)) > F32_MAX
     assert np.isnan(float(square_sums({"a": np.array([np.nan], np.float32)}, jnp.float32)))
+
+
+@pytest.mark.parametrize("update_value", [None, np.inf])
+def test_branchless_mode_skips_and_undoes_like_the_default(update_value):
+    tx = skip_nonfinite(_counting(update_value=update_value), branchless=True)
+    state = tx.init({"a": jnp.ones(2)})
+    step = jax.jit(tx.update)
+    good, bad = {"a": jnp.array([1.0, 2.0])}, {"a": jnp.array([1.0, np.nan])}
+    u, new_state = step(bad, state)
+    chex.assert_trees_all_equal(u, {"a": jnp.zeros(2)})
+    chex.assert_trees_all_equal(new_state.inner, state.inner)
+    assert int(new_state.skipped_steps) == 1
+    u, new_state = step(good, state)
+    if update_value is None:
+        chex.assert_trees_all_equal(u, good)
+        assert int(new_state.skipped_steps) == 0 and int(new_state.inner[0]) == 1
+    else:  # a non-finite update: undone, as in the default mode
+        chex.assert_trees_all_equal(u, {"a": jnp.zeros(2)})
+        chex.assert_trees_all_equal(new_state.inner, state.inner)
+    with pytest.raises(ValueError, match="branchless or step_is_safe"):
+        skip_nonfinite(_counting(), branchless=True, step_is_safe=_below(1.0))

@@ -266,6 +266,7 @@ def skip_nonfinite(
     state_is_finite: Callable[[optax.OptState], jax.Array] | None = None,
     step_is_safe: Callable[[optax.Updates, optax.OptState], jax.Array] | None = None,
     check_updates: bool = True,
+    branchless: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``inner`` under optlab's NaN/Inf policy (module docstring): a bad step changes nothing.
 
@@ -294,6 +295,10 @@ def skip_nonfinite(
         Exclusive with ``state_is_finite``.
       check_updates: with ``step_is_safe``, whether the update is still checked (default);
         ``False`` only where ``step_is_safe`` also guarantees a finite update.
+      branchless: check after the step as by default, but run the step unconditionally and
+        select its result leaf by leaf instead of under ``lax.cond``: for transforms with a
+        small state whose step computes a lot (SAM's second gradient ran at half speed inside
+        the conditional on CPU: 60 vs 31 ms per LeNet-5 step). Exclusive with ``step_is_safe``.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -308,6 +313,8 @@ def skip_nonfinite(
         raise ValueError("skip_nonfinite: give state_is_finite or step_is_safe, not both")
     if not check_updates and step_is_safe is None:
         raise ValueError("skip_nonfinite: check_updates=False needs step_is_safe")
+    if branchless and step_is_safe is not None:
+        raise ValueError("skip_nonfinite: give branchless or step_is_safe, not both")
     inner = optax.with_extra_args_support(inner)
     check_state = tree_all_finite if state_is_finite is None else state_is_finite
 
@@ -357,7 +364,18 @@ def skip_nonfinite(
             )
         return new_updates, new_inner, ok
 
-    step = checked_after if step_is_safe is None else checked_before
+    def checked_by_select(updates, state, params, extra_args):
+        # A bad gradient only makes the (discarded) step compute with NaN.
+        new_updates, new_inner = inner_update(updates, state, params, extra_args)
+        ok = tree_all_finite(updates) & check_state(new_inner) & tree_all_finite(new_updates)
+        new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_inner, state.inner)
+        return new_updates, new_inner, ok
+
+    if step_is_safe is not None:
+        step = checked_before
+    else:
+        step = checked_by_select if branchless else checked_after
 
     def update_fn(updates, state, params=None, **extra_args):
         new_updates, new_inner, ok = step(updates, state, params, extra_args)

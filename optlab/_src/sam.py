@@ -330,7 +330,10 @@ def sam_perturb(
       (2,)
     """
     check_bool("adaptive", adaptive)
-    return skip_nonfinite(_sam_perturb_raw(rho, p, adaptive, eta, "optlab.sam_perturb"))
+    # branchless: the second gradient runs at half speed inside lax.cond on CPU.
+    return skip_nonfinite(
+        _sam_perturb_raw(rho, p, adaptive, eta, "optlab.sam_perturb"), branchless=True
+    )
 
 
 def sam(
@@ -372,6 +375,9 @@ def sam(
             f"optax.sgd(0.1)), got {base_optimizer!r}"
         )
     check_bool("adaptive", adaptive)
+    # branchless: the second gradient runs at half speed inside lax.cond on CPU (60 vs 31 ms
+    # per LeNet-5 step); selecting the base optimizer's state costs one pass over it.
     return skip_nonfinite(
-        optax.chain(_sam_perturb_raw(rho, p, adaptive, eta, "optlab.sam"), base_optimizer)
+        optax.chain(_sam_perturb_raw(rho, p, adaptive, eta, "optlab.sam"), base_optimizer),
+        branchless=True,
     )
