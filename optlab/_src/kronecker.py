@@ -53,7 +53,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -207,6 +207,48 @@ def _chunks(dim: int, block_size: int) -> list[tuple[int, int]]:
     return [(s, min(block_size, dim - s)) for s in range(0, dim, block_size)]
 
 
+def _group_statistics(
+    kind_shapes: Sequence[tuple[int, ...]],
+    kind_counts: Sequence[int],
+    max_preconditioned_dim: int,
+    root: int | None,
+    ignored: Mapping[int, set[int]] | None = None,
+) -> tuple[tuple[Kind, ...], tuple[Group, ...], int]:
+    """The kinds and the groups stacking their statistics, and the statistics' total size.
+
+    Groups: ``(dim, p)`` -> the ``(kind, axis)`` pairs whose statistics it stacks, in a fixed
+    order. An axis gets a statistic if it is at most ``max_preconditioned_dim`` and not in
+    ``ignored[order]`` (the kind's order: its number of axes).
+    """
+    ignored = ignored or {}
+    group_members: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    kind_ps: list[int] = []
+    for k, bshape in enumerate(kind_shapes):
+        skip = ignored.get(len(bshape), set())
+        axes = [i for i, d in enumerate(bshape) if d <= max_preconditioned_dim and i not in skip]
+        p = (root if root is not None else 2 * len(axes)) if axes else 0
+        kind_ps.append(p)
+        for i in axes:
+            group_members.setdefault((bshape[i], p), []).append((k, i))
+    groups: list[Group] = []
+    axis_groups: list[list[int | None]] = [[None] * len(s) for s in kind_shapes]
+    axis_offsets = [[0] * len(s) for s in kind_shapes]
+    offset = 0
+    for gi, ((dim, p), members) in enumerate(sorted(group_members.items())):
+        count = 0
+        for k, i in members:
+            axis_groups[k][i] = gi
+            axis_offsets[k][i] = count
+            count += kind_counts[k]
+        groups.append(Group(dim, p, count, offset))
+        offset += count * dim * dim
+    kinds = tuple(
+        Kind(s, kind_ps[k], tuple(axis_groups[k]), tuple(axis_offsets[k]), kind_counts[k])
+        for k, s in enumerate(kind_shapes)
+    )
+    return kinds, tuple(groups), offset
+
+
 @functools.lru_cache(maxsize=256)
 def make_layout(
     shapes: tuple[tuple[int, ...], ...],
@@ -252,36 +294,14 @@ def make_layout(
             kind_counts[k] += 1
         plans.append((merged, False, False, blocks, grid, uniform))
 
-    # Groups: (dim, p) -> the (kind, axis) pairs whose statistics it stacks, in a fixed order.
-    group_members: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    kind_ps: list[int] = []
-    for k, bshape in enumerate(kind_shapes):
-        axes = [i for i, d in enumerate(bshape) if d <= max_preconditioned_dim]
-        p = (root if root is not None else 2 * len(axes)) if axes else 0
-        kind_ps.append(p)
-        for i in axes:
-            group_members.setdefault((bshape[i], p), []).append((k, i))
-    groups: list[Group] = []
-    axis_groups: list[list[int | None]] = [[None] * len(s) for s in kind_shapes]
-    axis_offsets = [[0] * len(s) for s in kind_shapes]
-    offset = 0
-    for gi, ((dim, p), members) in enumerate(sorted(group_members.items())):
-        count = 0
-        for k, i in members:
-            axis_groups[k][i] = gi
-            axis_offsets[k][i] = count
-            count += kind_counts[k]
-        groups.append(Group(dim, p, count, offset))
-        offset += count * dim * dim
-    kinds = tuple(
-        Kind(s, kind_ps[k], tuple(axis_groups[k]), tuple(axis_offsets[k]), kind_counts[k])
-        for k, s in enumerate(kind_shapes)
+    kinds, groups, offset = _group_statistics(
+        kind_shapes, kind_counts, max_preconditioned_dim, root
     )
     leaves = tuple(
         LeafPlan(tuple(shape), merged, vector, empty, tuple(blocks), grid, uniform)
         for shape, (merged, vector, empty, blocks, grid, uniform) in zip(shapes, plans, strict=True)
     )
-    return Layout(leaves, kinds, tuple(groups), offset, tuple(vector_sizes))
+    return Layout(leaves, kinds, groups, offset, tuple(vector_sizes))
 
 
 # -- tree <-> stacks -------------------------------------------------------------------------------
@@ -661,32 +681,10 @@ def adjust_layout(
             plan.shape, (size,), False, False, tuple(blocks), (len(chunks),), uniform
         )
     ignored = {order: set(axes) for order, axes in ignored_axes}
-    group_members: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    kind_ps: list[int] = []
-    for k, bshape in enumerate(kind_shapes):
-        skip = ignored.get(len(bshape), set())
-        axes = [i for i, d in enumerate(bshape) if d <= max_preconditioned_dim and i not in skip]
-        p = (root if root is not None else 2 * len(axes)) if axes else 0
-        kind_ps.append(p)
-        for i in axes:
-            group_members.setdefault((bshape[i], p), []).append((k, i))
-    groups: list[Group] = []
-    axis_groups: list[list[int | None]] = [[None] * len(s) for s in kind_shapes]
-    axis_offsets = [[0] * len(s) for s in kind_shapes]
-    offset = 0
-    for gi, ((dim, p), members) in enumerate(sorted(group_members.items())):
-        count = 0
-        for k, i in members:
-            axis_groups[k][i] = gi
-            axis_offsets[k][i] = count
-            count += kind_counts[k]
-        groups.append(Group(dim, p, count, offset))
-        offset += count * dim * dim
-    kinds = tuple(
-        Kind(s, kind_ps[k], tuple(axis_groups[k]), tuple(axis_offsets[k]), kind_counts[k])
-        for k, s in enumerate(kind_shapes)
+    kinds, groups, offset = _group_statistics(
+        kind_shapes, kind_counts, max_preconditioned_dim, root, ignored
     )
-    return Layout(tuple(leaves), kinds, tuple(groups), offset, tuple(vector_sizes))
+    return Layout(tuple(leaves), kinds, groups, offset, tuple(vector_sizes))
 
 
 def eigenbases(stats: jax.Array) -> jax.Array:
