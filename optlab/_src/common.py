@@ -30,6 +30,7 @@ The NaN/Inf policy (:func:`skip_nonfinite`)
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -212,8 +213,23 @@ def tree_all_finite(tree: Any) -> jax.Array:
     leaves = [x for x in jax.tree.leaves(tree) if is_inexact(x)]
     if not leaves:
         return jnp.asarray(True)
-    total = sum(jnp.sum(x * 0).astype(jnp.float32) for x in leaves)
-    return jnp.isfinite(total)
+    return jnp.isfinite(combine([jnp.sum(x * 0).astype(jnp.float32) for x in leaves]))
+
+
+def combine(scalars: list[jax.Array], op: Callable[[jax.Array], jax.Array] = jnp.sum) -> jax.Array:
+    """``op`` (``jnp.sum``, ``jnp.max``, ``jnp.all``) of per-leaf scalars, as one reduction of
+    their stack behind an ``optimization_barrier``; NaN propagates. No scalars: 0.
+
+    Without the barrier XLA turns the scalars' combination (a Python sum, a stack, even one
+    reduction over a concatenation of the leaves) into a chain of scalar ops and fuses that
+    chain, duplicated, into every per-leaf consumer of the result (``x * scale``, a
+    ``where(ok, new, old)`` per leaf): the compiled program grows quadratically with the number
+    of leaves (SAM's step on a 25-layer MLP: 80k HLO instructions, K-FAC's on a 100-layer MLP
+    271k).
+    """
+    if not scalars:
+        return jnp.zeros((), jnp.float32)
+    return op(jax.lax.optimization_barrier(jnp.stack(scalars)))
 
 
 class SkipNonFiniteState(NamedTuple):
@@ -245,7 +261,7 @@ def max_abs_within(tree: Any, limit: Callable[[jax.Array], Any]) -> jax.Array:
         for x in jax.tree.leaves(tree)
         if is_inexact(x) and x.size
     ]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+    return combine(checks, jnp.all) if checks else jnp.asarray(True)
 
 
 def square_sums(tree: Any, dtype: Any) -> jax.Array:
@@ -257,7 +273,7 @@ def square_sums(tree: Any, dtype: Any) -> jax.Array:
     """
     sums = [jnp.sum(jnp.square(x.astype(dtype))) for x in jax.tree.leaves(tree) if is_inexact(x)]
     # max propagates NaN; an overflowing sum is Inf.
-    return jnp.max(jnp.stack(sums)) if sums else jnp.zeros([], dtype)
+    return combine(sums, jnp.max) if sums else jnp.zeros([], dtype)
 
 
 def skip_nonfinite(
@@ -292,7 +308,9 @@ def skip_nonfinite(
         floating leaf.
       step_is_safe: ``(gradient, inner_state) -> bool``, True only if ``inner``'s update from
         them is sure to leave a finite state (False for a non-finite gradient); see above.
-        Exclusive with ``state_is_finite``.
+        A ``step_is_safe`` that takes ``**kwargs`` also receives ``update``'s extra keyword
+        arguments (K-FAC bounds its new factors from ``curvature=``). Exclusive with
+        ``state_is_finite``.
       check_updates: with ``step_is_safe``, whether the update is still checked (default);
         ``False`` only where ``step_is_safe`` also guarantees a finite update.
       branchless: check after the step as by default, but run the step unconditionally and
@@ -317,6 +335,10 @@ def skip_nonfinite(
         raise ValueError("skip_nonfinite: give branchless or step_is_safe, not both")
     inner = optax.with_extra_args_support(inner)
     check_state = tree_all_finite if state_is_finite is None else state_is_finite
+    safe_reads_extra_args = step_is_safe is not None and any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in inspect.signature(step_is_safe).parameters.values()
+    )
 
     def init_fn(params):
         return SkipNonFiniteState(inner.init(params), skipped_steps=jnp.zeros([], jnp.int32))
@@ -355,8 +377,9 @@ def skip_nonfinite(
             ok = tree_all_finite(new_updates) if check_updates else jnp.asarray(True)
             return new_updates, new_inner, ok
 
+        extra = extra_args if safe_reads_extra_args else {}
         new_updates, new_inner, ok = jax.lax.cond(
-            step_is_safe(updates, state.inner), run, lambda: skip(updates, state)
+            step_is_safe(updates, state.inner, **extra), run, lambda: skip(updates, state)
         )
         if check_updates:  # only the update can still be bad (the state is finite)
             new_updates = jax.lax.cond(

@@ -92,6 +92,7 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
+    combine,
     max_abs_within,
     skip_nonfinite,
 )
@@ -687,7 +688,7 @@ def _alias_is_safe(beta: Any, mu_dtype: Any, param_labels: Any) -> Callable[...,
             max_abs_within(g, limits[label])
             for g, label in zip(leaves, treedef.flatten_up_to(labels), strict=True)
         ]
-        return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+        return combine(checks, jnp.all) if checks else jnp.asarray(True)
 
     return safe
 

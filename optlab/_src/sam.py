@@ -104,7 +104,9 @@ def _e_hat(g: Params, rho: Numeric, p: Numeric, p_static: float | None) -> tuple
     safe_m = jnp.where(ok & (m > 0), m, 1.0)
     if p_static == 2:
         us = [jnp.where(ok, x, 0.0) / safe_m for x in leaves]
-        norm = jnp.sqrt(sum((jnp.sum(jnp.square(u)) for u in us), jnp.zeros((), m.dtype)))
+        # tree.combine, not a Python sum of per-leaf sums: XLA would fuse that scalar chain
+        # into every leaf's `u * scale` (a program quadratic in the number of leaves).
+        norm = jnp.sqrt(_tree.combine([jnp.sum(jnp.square(u)) for u in us]))
         # Double `where` so a zero norm never divides: no NaN, no perturbation.
         scale = jnp.where(norm > 0, rho / jnp.where(norm > 0, norm, 1.0), 0.0)
         return jax.tree.unflatten(treedef, [u * scale for u in us]), ok
@@ -120,7 +122,7 @@ def _e_hat(g: Params, rho: Numeric, p: Numeric, p_static: float | None) -> tuple
     # which is not exactly 1, and at p = 1 (q = inf) only u == 1 survives u^q.
     us = [jnp.where(ok, jnp.abs(x), 0.0) for x in leaves]
     us = [jnp.where(a >= safe_m, 1.0, a / safe_m) for a in us]
-    s = sum((jnp.sum(u**q) for u in us), jnp.zeros((), m.dtype))
+    s = _tree.combine([jnp.sum(u**q) for u in us])  # as the p = 2 norm above
     denom = jnp.where(s > 0, s, 1.0) ** inv_p
     out = [
         rho * jnp.sign(jnp.where(ok, x, 0.0)) * u ** (q - 1.0) / denom
@@ -168,7 +170,7 @@ def sam_perturbation(
       params: the weights w; needed only when ``adaptive``.
       rho: radius of the p-norm ball, >= 0.
       p: the norm, in [1, inf].
-      adaptive: ASAM: measure the ball in coordinates T_w^{-1} e, T_w = |w| + eta.
+      adaptive: ASAM: measure the ball in coordinates ``T_w^{-1} e``, ``T_w = |w| + eta``.
       eta: ASAM's offset, >= 0 (keeps zero weights perturbable).
 
     Returns:
@@ -245,11 +247,11 @@ def sam_perturb(
     """SAM's gradient: grad L(w + e_hat(w)), as a transform to put first in an optax chain.
 
     ``update(updates, state, params, *, grad_fn)`` reads the incoming gradient g = grad L(w)
-    from ``updates``, computes
+    from ``updates``, computes::
 
         e_hat = rho * sign(g) |g|^(q-1) / (||g||_q^q)^(1/p),   1/p + 1/q = 1
 
-    over the whole parameter tree (ASAM: e_hat = T_w e_hat_p(T_w g), T_w = |w| + eta), and
+    over the whole parameter tree (ASAM: ``e_hat = T_w e_hat_p(T_w g)``, ``T_w = |w| + eta``), and
     returns ``grad_fn(params + e_hat)``. The next transforms in the chain (sgd, adamw, muon,
     shampoo...) then turn that gradient into the step, as in Foret et al. (2021), Algorithm 1:
     w <- w - lr * grad L(w + e_hat). :func:`sam` builds that chain for you.
@@ -302,7 +304,7 @@ def sam_perturb(
       p: the norm of the ball, 1 <= p <= inf. p = 2 is SAM's default and empirically best.
       adaptive: ASAM's scale-invariant ball (Kwon et al., 2021), which takes a larger rho
         (0.5 to 2 in the paper).
-      eta: ASAM's offset in T_w = |w| + eta, >= 0 (0.01 in the paper). Unused otherwise.
+      eta: ASAM's offset in ``T_w = |w| + eta``, >= 0 (0.01 in the paper). Unused otherwise.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a

@@ -3,6 +3,10 @@
 Everything here is pure, jit-friendly and generic: no transform-specific logic. Reductions run
 in at least float32 (float64 stays float64) so that bfloat16/float16 gradients neither lose
 precision nor overflow when squared and summed.
+
+Global reductions reduce each leaf to a scalar and combine the scalars with ``combine`` (from
+:mod:`optlab._src.common`: one reduction of their stack behind an ``optimization_barrier``,
+which keeps the compiled program linear in the number of leaves).
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from optlab._src.common import at_least_float32 as compute_dtype
-from optlab._src.common import upcast
+from optlab._src.common import combine, upcast
 
 PyTree = Any
 
-__all__ = ["compute_dtype", "global_max_abs", "global_norm", "upcast"]
+__all__ = ["combine", "compute_dtype", "global_max_abs", "global_norm", "upcast"]
 
 
 def _leaves(tree: PyTree) -> list[jax.Array]:
@@ -32,7 +36,7 @@ def global_max_abs(tree: PyTree) -> jax.Array:
     """max_i |x_i| over every entry of every leaf (0 for an empty tree; NaN propagates)."""
     leaves = _leaves(tree)
     zero = jnp.zeros((), _result_dtype(leaves))
-    return jnp.max(jnp.stack([zero, *(jnp.max(jnp.abs(x), initial=0.0) for x in leaves)]))
+    return combine([zero, *(jnp.max(jnp.abs(x), initial=0.0) for x in leaves)], jnp.max)
 
 
 def global_norm(tree: PyTree, ord: float = 2) -> jax.Array:
@@ -45,14 +49,14 @@ def global_norm(tree: PyTree, ord: float = 2) -> jax.Array:
     leaves = _leaves(tree)
     if ord == jnp.inf:
         return global_max_abs(tree)
+    zero = jnp.zeros((), _result_dtype(leaves))
     if ord == 2:
-        total = sum((jnp.sum(jnp.square(x)) for x in leaves), jnp.zeros((), _result_dtype(leaves)))
-        return jnp.sqrt(total)
+        return jnp.sqrt(combine([zero, *(jnp.sum(jnp.square(x)) for x in leaves)]))
     if ord == 1:
-        return sum((jnp.sum(jnp.abs(x)) for x in leaves), jnp.zeros((), _result_dtype(leaves)))
+        return combine([zero, *(jnp.sum(jnp.abs(x)) for x in leaves)])
     m = global_max_abs(tree)
     safe_m = jnp.where(m > 0, m, 1.0)
-    total = sum(jnp.sum((jnp.abs(x) / safe_m) ** ord) for x in leaves)
+    total = combine([zero, *(jnp.sum((jnp.abs(x) / safe_m) ** ord) for x in leaves)])
     return m * total ** (1.0 / ord)
 
 
