@@ -6,7 +6,9 @@ Workloads (scikit-learn's 8x8 digits, 1438 training images, batch 64, one fixed 
   64-128-64-16-64-128-64 with tanh, sigmoid cross-entropy against the pixel intensities;
 * ``autoencoder-wide``: the same with the flagship's own widths, 64-1000-500-250-30-250-500-
   1000-64 (1001 x 1001 input factors);
-* ``classifier``: an MLP classifier 64-128-128-10 with ReLU, softmax cross-entropy.
+* ``classifier``: an MLP classifier 64-128-128-10 with ReLU, softmax cross-entropy;
+* ``classifier-wide``: the same at the autoencoder's width, 64-1000-1000-10 (1001 x 1001
+  factors), where the step is no longer dispatch overhead.
 
 Matched settings: the same initial weights and batches; the true Fisher with targets sampled
 from the model (kfac-jax ``estimation_mode="fisher_gradients"``, optlab ``fisher="true"``),
@@ -31,7 +33,7 @@ after N steps (same function for both).
 
 Run::
 
-    python benchmarks/kfac.py [--steps 300] [--rounds 3] [--out FILE]
+    python benchmarks/kfac.py [--steps 300] [--rounds 3] [--out FILE] [--workloads a,b]
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ WORKLOADS = {
         "sigmoid_cross_entropy",
     ),
     "classifier": ((64, 128, 128, 10), "relu", "softmax_cross_entropy"),
+    "classifier-wide": ((64, 1000, 1000, 10), "relu", "softmax_cross_entropy"),
 }
 
 
@@ -271,11 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/kfac.md")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from {list(WORKLOADS)}"
+    )
     args = parser.parse_args(argv)
+    chosen = args.workloads.split(",")
+    unknown = [w for w in chosen if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; known: {list(WORKLOADS)}")
     load_start = os.getloadavg()[0]
     rows = []
     verdicts = []
-    for workload, (widths, act, loss) in WORKLOADS.items():
+    for workload in chosen:
+        widths, act, loss = WORKLOADS[workload]
         batches, x_all, y_all = batches_for(workload, args.steps)
         weights = init_weights(widths, seed=0)
         runners = {

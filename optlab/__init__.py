@@ -29,6 +29,7 @@ from optlab._src.muon import (
 )
 from optlab._src.sam import SAMPerturbState, sam, sam_perturb, sam_perturbation
 from optlab._src.shampoo import ShampooState, scale_by_shampoo, shampoo
+from optlab._src.sharding import state_sharding
 from optlab._src.soap import SoapState, scale_by_soap, soap
 
 _LAZY_SUBMODULES = ("bench", "data", "models")
@@ -68,6 +69,7 @@ __all__ = [
     "shampoo",
     "skip_nonfinite",
     "soap",
+    "state_sharding",
 ]
 
 __version__ = "0.1.0"

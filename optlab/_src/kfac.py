@@ -24,14 +24,19 @@ import optax
 
 from optlab._src import kronecker as kron
 from optlab._src.common import (
+    HEADROOM,
     at_least_float32,
+    check_choice,
     check_int,
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
+    combine,
     skip_nonfinite,
+    tree_all_finite,
 )
 from optlab._src.kfac_curvature import KFACFactors, find_layers
+from optlab._src.sharding import make_placement
 from optlab.linalg import _lapack
 from optlab.linalg._ops import matmul
 
@@ -47,8 +52,20 @@ _MATH = r"""
         pi = sqrt((tr A / dim A) / (tr G / dim G)),
 
     factored Tikhonov damping split by ``pi`` (Martens & Grosse 2015, sec. 6.3; ``pi = 1``
-    when a trace is 0). An embedding's ``A`` is diagonal (token frequencies), its row ``v``
-    of the update ``dE_v G_d^{-1} / (a_v + pi sqrt(lambda))``.
+    when a trace is 0). An embedding's ``A`` is diagonal (token frequencies), its row ``v`` of
+    the update ``dE_v G_d^{-1} / (a_v + pi sqrt(lambda))``.
+
+    ``damping_mode="exact"`` damps the Kronecker product itself (Martens & Grosse's sec. 6.3
+    alternative to the factored form): with ``A = Q_A diag(d_A) Q_A^T`` and
+    ``G = Q_G diag(d_G) Q_G^T`` (eigenvalues clipped at 0)::
+
+        U = (A (x) G + lambda I)^{-1} dWbar
+          = Q_A [(Q_A^T dWbar Q_G) / (d_A d_G^T + lambda)] Q_G^T     (element-wise division),
+
+    an ``eigh`` per factor at a refresh instead of a Cholesky and four products per step
+    instead of two; ``lambda`` is applied at every step (a schedule acts at once), and an
+    embedding gives ``(dE Q_G) / (a d_G^T + lambda) Q_G^T``. Until the first refresh the
+    eigenvalues are 0 (the update ``dWbar / lambda``).
 
     ``A`` and ``G`` are exponential moving averages of each step's contributions with decay
     ``min(1 - 1/k, factor_decay)`` at step ``k`` (Martens & Grosse's rule: a plain mean over the
@@ -79,10 +96,13 @@ _MATH = r"""
     update is scaled by ``min(1, sqrt(C / (lr^2 |<U, g>|)))``, ``lr`` the learning rate
     (1 for :func:`scale_by_kfac`, which does not know it).
 
-    NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose gradient,
-    curvature, new factors or update is not finite is skipped (zero update, state unchanged,
-    ``skipped_steps`` counts it). Factors run in float32 at least; the update comes back in the
-    gradient's dtype.
+    NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose gradient or
+    curvature is not finite, or would take a factor entry past a quarter of the largest float
+    (bounded before the step from the old factors' diagonals and the new contributions, so the
+    factor buffers are updated in place), is skipped: zero update, state unchanged,
+    ``skipped_steps`` counts it. An update that still comes out non-finite is zeroed and counted,
+    the (finite) factors keeping the step and the momentum its previous value. Factors run in
+    float32 at least; the update comes back in the gradient's dtype.
 
     References:
       J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
@@ -99,6 +119,7 @@ _MATH = r"""
 """
 
 LAYER_KINDS = ("dense", "embed")
+DAMPING_MODES = ("factored", "exact")
 
 
 class KFACLayer(NamedTuple):
@@ -124,7 +145,9 @@ class KFACState(NamedTuple):
       factors: the moving averages: every ``A`` and ``G`` matrix stacked by size in one flat
         buffer, then the embeddings' diagonal ``A`` and the diagonal rule's ``v``.
       inverses: the damped inverses of the matrix factors (same layout), then of the
-        embeddings' diagonal ``A``.
+        embeddings' diagonal ``A``; with ``damping_mode="exact"`` the factors' eigenvectors
+        (same layout), the embeddings' diagonal ``A`` as of the last refresh, then the
+        factors' eigenvalues (clipped at 0; ``count * dim`` per group, in slot order).
       rejected_inverses: refreshed inverses that were not finite (the previous ones kept).
       curvature_updates: steps whose curvature was folded into the factors (not ``{}``).
     """
@@ -262,11 +285,70 @@ def _make_plan(
     )
 
 
-def _plan_of(tree: Any, layers: tuple[tuple[str, KFACLayer], ...] | None, strict: bool):
+def _plan_of(
+    tree: Any, layers: tuple[tuple[str, KFACLayer], ...] | None, strict: bool, shards: int = 1
+):
     with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
     paths = tuple(_leaf_path(p) for p, _ in with_path)
     shapes = tuple(tuple(np.shape(x)) for _, x in with_path)
-    return _make_plan(paths, shapes, layers, strict), [x for _, x in with_path], treedef
+    plan = _make_plan(paths, shapes, layers, strict)
+    if shards > 1:  # the factors split over devices (kron.shard_layout; slots unchanged)
+        plan = dataclasses.replace(plan, layout=kron.shard_layout(plan.layout, shards))
+    return plan, [x for _, x in with_path], treedef
+
+
+# -- buffers split over devices (mesh=): [shards, row], a row = its matrices, then a tail ------
+def _matrix_part(buffer: jax.Array, layout: kron.Layout) -> jax.Array:
+    """The matrices of the inverses buffer (what the engine's group views read)."""
+    if layout.shards == 1:
+        return buffer[: layout.matrix_size]
+    return buffer[:, : layout.matrix_row]
+
+
+def _tail(buffer: jax.Array, layout: kron.Layout, size: int) -> jax.Array:
+    """The ``size`` entries after the matrices (the embeddings' inverses), flat."""
+    if layout.shards == 1:
+        return buffer[layout.matrix_size :]
+    return buffer[:, layout.matrix_row :].ravel()[:size]
+
+
+def _with_tail(matrices: jax.Array, tail: jax.Array, layout: kron.Layout) -> jax.Array:
+    """Inverse of :func:`_matrix_part` and :func:`_tail`: the tail zero-padded over the rows."""
+    if layout.shards == 1:
+        return jnp.concatenate([matrices, tail])
+    row = -(-tail.size // layout.shards)
+    tail = jnp.pad(tail, (0, layout.shards * row - tail.size)).reshape(layout.shards, row)
+    return jnp.concatenate([matrices, tail.astype(matrices.dtype)], axis=1)
+
+
+def _sharded_inverses(
+    factors: jax.Array,
+    old: jax.Array,
+    layout: kron.Layout,
+    ridges: dict[int, jax.Array],
+    placement: kron.Placement,
+) -> tuple[jax.Array, jax.Array]:
+    """The refresh of split factors: each device inverts its own share of every group (host
+    LAPACK on CPU, as :func:`_refresh`'s one call; the Cholesky refresh elsewhere); padded
+    factors (zero, their ridge 1) are never counted."""
+    out, rejected = old, jnp.zeros([], jnp.int32)
+    for group in layout.groups:
+        ridge = jnp.pad(ridges[group.offset], (0, group.padding), constant_values=1)
+
+        def kernel(stats: jax.Array, r: jax.Array, group: kron.Group = group) -> jax.Array:
+            if _lapack.on_cpu():
+                shape = jax.ShapeDtypeStruct(stats.shape, stats.dtype)
+                return _lapack.host_call(_host_damped_inverses_all, (shape,), stats, r)[0]
+            return _damped_inverses({group.offset: r})(stats, group)[0]
+
+        new = placement.map(kernel, kron.group_stack(factors, group), ridge.astype(factors.dtype))
+        ok = jnp.all(jnp.isfinite(new), axis=(1, 2))
+        out = kron.write_group(
+            out, jnp.where(ok[:, None, None], new, kron.group_stack(old, group)), group
+        )
+        real = np.arange(group.count) < group.count - group.padding
+        rejected = rejected + jnp.sum(~ok & real).astype(jnp.int32)
+    return out, rejected
 
 
 def kfac_layers(model: Any) -> dict[str, KFACLayer]:
@@ -427,36 +509,58 @@ def _preconditioner(
     start_preconditioning_step,
     norm_constraint,
     layers,
+    damping_mode,
     learning_rate=None,
-) -> tuple[optax.GradientTransformation, Callable[[KFACState], jax.Array]]:
-    """K-FAC's preconditioning without the NaN guard, and the guard's cheap state check."""
+    mesh=None,
+    mesh_axis="data",
+) -> tuple[optax.GradientTransformation, Callable[..., jax.Array]]:
+    """K-FAC's preconditioning without the NaN guard, and the guard's ``step_is_safe``."""
     _check_damping(damping)
     check_number("factor_decay", factor_decay, low=0.0, high=1.0)
     every = _step_option("precondition_every", precondition_every, 1)
     start = _step_option("start_preconditioning_step", start_preconditioning_step, 0)
     check_number("norm_constraint", norm_constraint, low=0.0, low_open=True, allow_none=True)
     layers = _check_layers(layers)
-    last_plan: list[_Plan] = []
+    check_choice("damping_mode", damping_mode, DAMPING_MODES)
+    exact = damping_mode == "exact"
+    placement = make_placement(mesh, mesh_axis)
+    if exact and placement.shards > 1:
+        raise ValueError(
+            "mesh= splits K-FAC's factors for damping_mode='factored' only, got "
+            "damping_mode='exact'"
+        )
 
     def init_fn(params):
         check_leaf_dtypes(params, name)
         # Not strict: optax.tree.map_params calls init on a placeholder without leaves.
-        plan, leaves, _ = _plan_of(params, layers, strict=bool(jax.tree.leaves(params)))
-        last_plan[:] = [plan]
+        plan, leaves, _ = _plan_of(
+            params, layers, strict=bool(jax.tree.leaves(params)), shards=placement.shards
+        )
         dtype = at_least_float32(jnp.result_type(*leaves)) if leaves else jnp.float32
         inverses = kron.identity_factors(plan.layout, dtype)
         return KFACState(
             count=jnp.zeros([], jnp.int32),
-            factors=jnp.zeros((plan.layout.stats_size,), dtype),
-            inverses=jnp.concatenate([inverses, jnp.ones((plan.embed_size,), dtype)]),
+            factors=jnp.zeros(plan.layout.stats_shape, dtype),
+            # Exact damping keeps the embeddings' A itself (0 before the first refresh).
+            # (and its eigenvalues after the embeddings' part: no zero-size leaf, which orbax
+            # cannot checkpoint).
+            inverses=_with_tail(
+                inverses,
+                jnp.concatenate(
+                    [
+                        jnp.full((plan.embed_size,), 0 if exact else 1, dtype),
+                        jnp.zeros((_eigenvalues_size(plan) if exact else 0,), dtype),
+                    ]
+                ),
+                plan.layout,
+            ),
             rejected_inverses=jnp.zeros([], jnp.int32),
             curvature_updates=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(updates, state, params=None, *, curvature=None, **extra_args):
         del params, extra_args
-        plan, leaves, treedef = _plan_of(updates, layers, strict=True)
-        last_plan[:] = [plan]
+        plan, leaves, treedef = _plan_of(updates, layers, strict=True, shards=placement.shards)
         layout = plan.layout
         dtype = state.factors.dtype
         curvature = _checked_curvature(curvature, plan)
@@ -466,7 +570,9 @@ def _preconditioner(
         factors = state.factors
         if fresh:
             # This step's contributions, stacked by group in slot order.
-            per_group: list[list[jax.Array | None]] = [[None] * g.count for g in layout.groups]
+            per_group: list[list[jax.Array | None]] = [
+                [None] * (g.count - g.padding) for g in layout.groups
+            ]
             embed_parts = []
             for layer in plan.layers:
                 f = curvature[layer.name]
@@ -490,18 +596,23 @@ def _preconditioner(
         lam = jnp.asarray(damping(state.count) if callable(damping) else damping, dtype)
 
         def refresh():
-            return _refresh(factors, state.inverses, plan, lam)
+            if exact:
+                return _refresh_exact(factors, state.inverses, plan)
+            return _refresh(factors, state.inverses, plan, lam, placement)
 
         # Nothing to invert before the first curvature: the inverses stay the identity.
         due = (state.count >= start) & ((state.count - start) % every == 0) & (updates_done > 0)
         inverses, rejected = jax.lax.cond(
             due, refresh, lambda: (state.inverses, jnp.zeros([], jnp.int32))
         )
-        out = _precondition(grads, factors, inverses, plan, lam)
+        if exact:
+            out = _precondition_exact(grads, factors, inverses, plan, lam)
+        else:
+            out = _precondition(grads, factors, inverses, plan, lam)
         if norm_constraint is not None:
             lr = 1.0 if learning_rate is None else learning_rate
             lr = lr(state.count) if callable(lr) else lr
-            inner = sum(jnp.vdot(u, g) for u, g in zip(out, grads))
+            inner = combine([jnp.vdot(u, g) for u, g in zip(out, grads)])
             bound = jnp.asarray(norm_constraint, dtype) / (jnp.square(lr) * jnp.abs(inner))
             # 0 / 0 (a zero gradient) is NaN: then nothing to clip.
             scale = jnp.where(jnp.isnan(bound), 1.0, jnp.minimum(1.0, jnp.sqrt(bound)))
@@ -517,12 +628,26 @@ def _preconditioner(
         out = [u.astype(jnp.result_type(g)) for u, g in zip(out, leaves)]
         return treedef.unflatten(out), new_state
 
-    def state_is_finite(state: KFACState) -> jax.Array:
-        # Inverses are never non-finite (rejected), counts are integers; the factors are PSD
-        # sums, whose off-diagonal entries overflow only where a diagonal one does.
-        return kron.statistics_finite(state.factors, last_plan[0].layout)
+    def step_is_safe(updates, state: KFACState, *, curvature=None, **extra_args) -> jax.Array:
+        # Decided before the step, so that XLA updates the factor and inverse buffers in place
+        # (checking after would keep the old ones alive: a copy of both per step). The new
+        # factors are decay * old + (1 - decay) * contribution with decay in [0, 1], all PSD
+        # (diagonals bound the entries): the old largest diagonal plus the largest contribution
+        # entry (a curvature entry, or g^2 for the diagonal rule's v) bounds every new entry.
+        # Inverses are never non-finite (rejected at the refresh); the update is still checked.
+        del extra_args
+        plan, leaves, _ = _plan_of(updates, layers, strict=True, shards=placement.shards)
+        dtype = state.factors.dtype
+        finite = tree_all_finite(leaves)
+        parts = [jnp.zeros([], dtype)]
+        parts += [jnp.max(jnp.square(leaves[i].astype(dtype))) for i in plan.diag_leaves]
+        for f in (_checked_curvature(curvature, plan) or {}).values():
+            parts += [jnp.max(jnp.abs(jnp.asarray(x, dtype))) for x in f]  # NaN propagates
+        largest = combine(parts, jnp.max)
+        bound = kron.statistics_bound(state.factors, plan.layout, 1.0, largest)
+        return finite & (bound <= HEADROOM * jnp.finfo(dtype).max)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn), state_is_finite
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn), step_is_safe
 
 
 def _checked_curvature(curvature: Any, plan: _Plan) -> dict[str, KFACFactors] | None:
@@ -559,7 +684,11 @@ def _checked_curvature(curvature: Any, plan: _Plan) -> dict[str, KFACFactors] | 
 
 
 def _refresh(
-    factors: jax.Array, old: jax.Array, plan: _Plan, lam: jax.Array
+    factors: jax.Array,
+    old: jax.Array,
+    plan: _Plan,
+    lam: jax.Array,
+    placement: kron.Placement | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """New damped inverses of every factor (pi-split Tikhonov damping)."""
     layout = plan.layout
@@ -597,7 +726,11 @@ def _refresh(
     for gi, group in enumerate(layout.groups):
         members = [s for s, (g, _) in enumerate(plan.slots) if g == gi]
         ridges[group.offset] = ridge[np.asarray(members, np.int32)]
-    if _lapack.on_cpu() and layout.groups:
+    if layout.shards > 1:
+        matrices, rejected = _sharded_inverses(
+            factors, _matrix_part(old, layout), layout, ridges, placement or kron.Placement()
+        )
+    elif _lapack.on_cpu() and layout.groups:
         # One host call for every group (each call costs a round trip through the runtime),
         # then the engine's rule: a matrix whose inverse is not finite keeps its previous one.
         stacks = kron.group_stacks(factors, layout)
@@ -617,54 +750,130 @@ def _refresh(
         matrices, rejected = kron.refresh(
             factors, old[: layout.matrix_size], layout, _damped_inverses(ridges)
         )
-    parts = [matrices]
-    old_embed = old[layout.matrix_size :]
+    parts = []
+    old_embed = _tail(old, layout, plan.embed_size)
     for i, (a, r) in enumerate(zip(embed_diag, embed_ridges)):
         inv = 1.0 / (jnp.maximum(a, 0.0) + r)
         prev = jax.lax.slice_in_dim(old_embed, int(offsets[i]), int(offsets[i + 1]))
         ok = jnp.all(jnp.isfinite(inv))
         parts.append(jnp.where(ok, inv, prev))
         rejected = rejected + jnp.where(ok, 0, 1).astype(jnp.int32)
-    return jnp.concatenate(parts).astype(dtype), rejected
+    tail = jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
+    return _with_tail(matrices.astype(dtype), tail.astype(dtype), layout), rejected
+
+
+def _eigenvalues_size(plan: _Plan) -> int:
+    return sum(g.count * g.dim for g in plan.layout.groups)
+
+
+def _slot_matrix(buffer: jax.Array, plan: _Plan, slot: int) -> jax.Array:
+    """One matrix slot of a flat buffer: a static slice, no copy of its whole group."""
+    gi, pos = plan.slots[slot]
+    group = plan.layout.groups[gi]
+    if group.shards > 1:  # split over devices: XLA brings the matrix to where it is used
+        return kron.group_stack(_matrix_part(buffer, plan.layout), group)[pos]
+    start = group.offset + pos * group.dim * group.dim
+    return jax.lax.slice_in_dim(buffer, start, start + group.dim**2).reshape(group.dim, group.dim)
+
+
+def _slot_eigenvalues(eigenvalues: jax.Array, plan: _Plan, slot: int) -> jax.Array:
+    gi, pos = plan.slots[slot]
+    groups = plan.layout.groups
+    start = sum(g.count * g.dim for g in groups[:gi]) + pos * groups[gi].dim
+    return jax.lax.slice_in_dim(eigenvalues, start, start + groups[gi].dim)
+
+
+def _embed_vector(inverses: jax.Array, plan: _Plan, index: int) -> jax.Array:
+    offsets = np.cumsum((0, *plan.embed_sizes))
+    if plan.layout.shards > 1:
+        tail = _tail(inverses, plan.layout, plan.embed_size)
+        return jax.lax.slice_in_dim(tail, int(offsets[index]), int(offsets[index + 1]))
+    start = plan.layout.matrix_size + int(offsets[index])
+    return jax.lax.slice_in_dim(inverses, start, start + plan.embed_sizes[index])
+
+
+def _refresh_exact(factors: jax.Array, old: jax.Array, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    """Exact damping's refresh: every matrix factor's eigendecomposition (one batched ``eigh``
+    per size, host LAPACK on CPU), eigenvalues clipped at 0; a decomposition that is not finite
+    keeps the previous one (counted). The embeddings' diagonal ``A`` is copied as it is now."""
+    layout = plan.layout
+    old_values = old[layout.matrix_size + plan.embed_size :]
+    vectors, values, rejected = [], [], jnp.zeros([], jnp.int32)
+    offset = 0
+    for stack, prev in zip(
+        kron.group_stacks(factors, layout), kron.group_stacks(old[: layout.matrix_size], layout)
+    ):
+        n, d = stack.shape[0], stack.shape[-1]
+        w, v = _lapack.eigh(stack)
+        prev_w = jax.lax.slice_in_dim(old_values, offset, offset + n * d).reshape(n, d)
+        ok = jnp.all(jnp.isfinite(v), axis=(1, 2)) & jnp.all(jnp.isfinite(w), axis=1)
+        vectors.append(jnp.where(ok[:, None, None], v, prev).ravel())
+        values.append(jnp.where(ok[:, None], jnp.maximum(w, 0.0), prev_w).ravel())
+        rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
+        offset += n * d
+    diag = kron.diagonal_statistics(factors, layout)
+    embed = jnp.maximum(jax.lax.slice_in_dim(diag, 0, plan.embed_size), 0.0)
+    dtype = factors.dtype
+    return jnp.concatenate([*vectors, embed, *values]).astype(dtype), rejected
+
+
+def _precondition_exact(
+    grads: list[jax.Array], factors: jax.Array, vectors: jax.Array, plan: _Plan, lam: jax.Array
+) -> list[jax.Array]:
+    """``(A (x) G + lambda I)^{-1} vec(dWbar)`` in the factors' eigenbases:
+    ``Q_A [(Q_A^T dWbar Q_G) / (d_A d_G^T + lambda)] Q_G^T``."""
+    values = vectors[plan.layout.matrix_size + plan.embed_size :]
+    out = list(grads)
+    for layer in plan.layers:
+        kernel = grads[layer.kernel]
+        q_g = _slot_matrix(vectors, plan, layer.g_slot)
+        d_g = _slot_eigenvalues(values, plan, layer.g_slot)
+        w = kernel.reshape(layer.d_in, layer.d_out)
+        if layer.kind == "embed":
+            d_a = _embed_vector(vectors, plan, layer.a_slot)
+            u = matmul(matmul(w, q_g) / (d_a[:, None] * d_g[None, :] + lam), q_g.T)
+            out[layer.kernel] = u.reshape(kernel.shape)
+            continue
+        if layer.bias is not None:
+            w = jnp.concatenate([w, grads[layer.bias][None, :]])
+        q_a = _slot_matrix(vectors, plan, layer.a_slot)
+        d_a = _slot_eigenvalues(values, plan, layer.a_slot)
+        rotated = matmul(matmul(q_a.T, w), q_g) / (d_a[:, None] * d_g[None, :] + lam)
+        u = matmul(matmul(q_a, rotated), q_g.T)
+        out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
+        if layer.bias is not None:
+            out[layer.bias] = u[layer.d_in]
+    return _diagonal_rule(out, grads, factors, plan, lam)
 
 
 def _precondition(
     grads: list[jax.Array], factors: jax.Array, inverses: jax.Array, plan: _Plan, lam: jax.Array
 ) -> list[jax.Array]:
-    layout = plan.layout
-    offsets = np.cumsum((0, *plan.embed_sizes))
+    """Factored damping: ``(A + r_A I)^{-1} dWbar (G + r_G I)^{-1}`` from the stored inverses."""
     out = list(grads)
-
-    def matrix(slot: int) -> jax.Array:
-        # A static slice of the flat buffer: one matrix, no copy of its whole group.
-        gi, pos = plan.slots[slot]
-        group = layout.groups[gi]
-        start = group.offset + pos * group.dim * group.dim
-        return jax.lax.slice_in_dim(inverses, start, start + group.dim**2).reshape(
-            group.dim, group.dim
-        )
-
     for layer in plan.layers:
         kernel = grads[layer.kernel]
-        g_inv = matrix(layer.g_slot)
+        g_inv = _slot_matrix(inverses, plan, layer.g_slot)
         w = kernel.reshape(layer.d_in, layer.d_out)
         if layer.kind == "embed":
-            a_inv = jax.lax.slice_in_dim(
-                inverses,
-                layout.matrix_size + int(offsets[layer.a_slot]),
-                layout.matrix_size + int(offsets[layer.a_slot + 1]),
-            )
-            u = matmul(w * a_inv[:, None], g_inv)
-            out[layer.kernel] = u.reshape(kernel.shape)
+            a_inv = _embed_vector(inverses, plan, layer.a_slot)
+            out[layer.kernel] = matmul(w * a_inv[:, None], g_inv).reshape(kernel.shape)
             continue
         if layer.bias is not None:
             w = jnp.concatenate([w, grads[layer.bias][None, :]])
-        u = matmul(matmul(matrix(layer.a_slot), w), g_inv)
+        u = matmul(matmul(_slot_matrix(inverses, plan, layer.a_slot), w), g_inv)
         out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
         if layer.bias is not None:
             out[layer.bias] = u[layer.d_in]
+    return _diagonal_rule(out, grads, factors, plan, lam)
+
+
+def _diagonal_rule(
+    out: list[jax.Array], grads: list[jax.Array], factors: jax.Array, plan: _Plan, lam: jax.Array
+) -> list[jax.Array]:
+    """``g / (v + lambda)`` for the leaves in no layer (written into ``out``)."""
     if plan.diag_leaves:
-        v = kron.diagonal_statistics(factors, layout)
+        v = kron.diagonal_statistics(factors, plan.layout)
         start = plan.embed_size
         for i in plan.diag_leaves:
             size = math.prod(grads[i].shape)
@@ -682,6 +891,9 @@ def scale_by_kfac(
     start_preconditioning_step: int = 0,
     norm_constraint: float | None = None,
     layers: Mapping[str, KFACLayer] | None = None,
+    damping_mode: str = "factored",
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scale updates by K-FAC's Kronecker-factored inverse Fisher (Martens & Grosse 2015).
 
@@ -703,6 +915,14 @@ def scale_by_kfac(
       norm_constraint: KL-clipping bound ``C > 0`` (None: no clipping).
       layers: which leaves form a layer (:class:`KFACLayer` by name); default: the stock NNX
         names (see above). :func:`optlab.kfac_layers` gives the exact mapping of a model.
+      damping_mode: ``"factored"`` (default: pi-split Tikhonov damping of each factor, one
+        Cholesky per factor at a refresh) or ``"exact"`` (``(A (x) G + lambda I)^{{-1}}`` through
+        the factors' eigendecompositions, see above).
+      mesh, mesh_axis: a ``jax.sharding.Mesh`` and one of its axis names: the factors and
+        their inverses are split over that axis' devices, each inverting only its own
+        (``damping_mode="factored"``; layout and balance rule:
+        :func:`optlab._src.kronecker.shard_layout`); shard the state with
+        :func:`optlab.state_sharding`. ``None``: one device's layout.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -721,7 +941,7 @@ def scale_by_kfac(
       >>> int(state[0].inner.count), int(state[0].skipped_steps)
       (1, 0)
     """
-    raw, state_is_finite = _preconditioner(
+    raw, step_is_safe = _preconditioner(
         "optlab.scale_by_kfac",
         damping=damping,
         factor_decay=factor_decay,
@@ -729,8 +949,11 @@ def scale_by_kfac(
         start_preconditioning_step=start_preconditioning_step,
         norm_constraint=norm_constraint,
         layers=layers,
+        damping_mode=damping_mode,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
     )
-    return skip_nonfinite(raw, state_is_finite=state_is_finite)
+    return skip_nonfinite(raw, step_is_safe=step_is_safe)
 
 
 def kfac(
@@ -745,6 +968,9 @@ def kfac(
     precondition_every: int = 5,
     start_preconditioning_step: int = 0,
     layers: Mapping[str, KFACLayer] | None = None,
+    damping_mode: str = "factored",
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The K-FAC optimizer: preconditioning, KL clipping, momentum, decoupled weight decay.
 
@@ -761,8 +987,9 @@ def kfac(
       weight_decay: decoupled weight decay ``>= 0`` (``W <- W - lr * wd * W``).
       weight_decay_mask: optax mask for the weight decay.
       norm_constraint: KL-clipping bound ``C > 0`` (None: off).
-      factor_decay, precondition_every, start_preconditioning_step, layers: as in
-        :func:`scale_by_kfac`.
+      factor_decay, precondition_every, start_preconditioning_step, layers, damping_mode: as
+        in :func:`scale_by_kfac`.
+      mesh, mesh_axis: as in :func:`scale_by_kfac` (sharded state).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -789,7 +1016,7 @@ def kfac(
     check_learning_rate(learning_rate)
     check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
     check_number("weight_decay", weight_decay, low=0.0)
-    raw, state_is_finite = _preconditioner(
+    raw, step_is_safe = _preconditioner(
         "optlab.kfac",
         damping=damping,
         factor_decay=factor_decay,
@@ -797,22 +1024,56 @@ def kfac(
         start_preconditioning_step=start_preconditioning_step,
         norm_constraint=norm_constraint,
         layers=layers,
+        damping_mode=damping_mode,
         learning_rate=learning_rate,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
     )
     parts = [raw]
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
     # not depend on a value that can change.
     if isinstance(momentum, jax.Array) or momentum > 0:
-        parts.append(optax.trace(decay=momentum))
+        parts.append(_momentum(momentum))
     if isinstance(weight_decay, jax.Array) or weight_decay != 0:
         parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return skip_nonfinite(
-        optax.chain(*parts), state_is_finite=lambda chain_state: state_is_finite(chain_state[0])
+        optax.chain(*parts),
+        step_is_safe=lambda grads, chain_state, **extra: step_is_safe(
+            grads, chain_state[0], **extra
+        ),
     )
+
+
+def _momentum(decay: float | jax.Array) -> optax.GradientTransformation:
+    """``optax.trace(decay)`` whose state never becomes non-finite.
+
+    The guard of :func:`kfac` decides before the step from K-FAC's factors; the momentum of a
+    finite update could still overflow (``|u| + decay |m|`` past the largest float). Then the
+    momentum keeps its previous value and the update is NaN, which the guard zeroes and counts
+    as a skipped step. An element-wise select: no copy of a whole state.
+    """
+    trace = optax.trace(decay=decay)
+
+    def update_fn(updates, state, params=None):
+        new_updates, new_state = trace.update(updates, state, params)
+        ok = tree_all_finite(new_state)
+        new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+        new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.nan), new_updates)
+        return new_updates, new_state
+
+    return optax.GradientTransformation(trace.init, update_fn)
 
 
 scale_by_kfac.__doc__ = scale_by_kfac.__doc__.format(math=_MATH)
 kfac.__doc__ = kfac.__doc__.format(math=_MATH)
 
-__all__ = ["LAYER_KINDS", "KFACLayer", "KFACState", "kfac", "kfac_layers", "scale_by_kfac"]
+__all__ = [
+    "DAMPING_MODES",
+    "LAYER_KINDS",
+    "KFACLayer",
+    "KFACState",
+    "kfac",
+    "kfac_layers",
+    "scale_by_kfac",
+]

@@ -8,7 +8,10 @@ gradients are captured (the "perturbation trick"):
 1. the model is split and merged into a private copy, in which every supported layer's class is
    swapped for a subclass whose ``__call__`` records the layer's input and adds a zero
    "perturbation" ``e`` to its output (one per call: a layer called several times, e.g. a
-   recurrent cell unrolled over time, records each call);
+   recurrent cell unrolled over time, records each call); stock ``nnx.RNN`` loops (and
+   ``nnx.Bidirectional`` of them), which run their cell under ``nnx.scan`` in another trace,
+   are swapped for a subclass that runs the same steps in a Python loop, so an LSTM or GRU
+   tagger needs no change (compile time then grows with the sequence length);
 2. one ``jax.vjp`` of ``(params, e) -> logits`` (one forward pass); the cotangent of the data
    loss gives the parameter gradient and ``d loss / d e``, which is the gradient with respect
    to the layer's pre-activations ``s`` for every example and position (``ds/de = I``);
@@ -83,9 +86,10 @@ def kfac_dense_factors(
     inputs: jax.Array | Sequence[jax.Array],
     preact_grads: jax.Array | Sequence[jax.Array],
     *,
-    num_cases: int,
+    num_cases: int | jax.Array,
     bias: bool = True,
     sharing: str = "expand",
+    row_weights: jax.Array | Sequence[jax.Array | None] | None = None,
 ) -> KFACFactors:
     r"""K-FAC factors of a dense layer ``s = a W (+ b)`` from its inputs and output gradients.
 
@@ -101,6 +105,10 @@ def kfac_dense_factors(
       num_cases: ``M``, the number of loss cases the loss averages over.
       bias: append the homogeneous 1 to ``a`` (the layer has a bias).
       sharing: ``"expand"`` or ``"reduce"`` (module docstring).
+      row_weights: optional 0/1 weights per call, shaped like the call's input without its last
+        axis (None for a call whose rows all count): rows of weight 0 (padding) are left out of
+        ``A`` (``A = sum_rows w abar abar^T / sum_rows w``; with ``"reduce"`` the per-example
+        average is over the rows of weight 1).
 
     Returns:
       ``KFACFactors(a=A, g=G)`` in float32 at least.
@@ -111,16 +119,27 @@ def kfac_dense_factors(
     dtype = jnp.promote_types(jnp.result_type(*ins, *gs), jnp.float32)
     ins = [x.astype(dtype) for x in ins]
     gs = [g.astype(dtype) for g in gs]
+    if row_weights is None or isinstance(row_weights, jax.Array | np.ndarray):
+        row_weights = [row_weights] * len(ins)
+    ws = [
+        jnp.ones(x.shape[:-1] + (1,), dtype) if w is None else jnp.asarray(w, dtype)[..., None]
+        for x, w in zip(ins, row_weights)
+    ]
+    if bias:
+        ins = [_with_one(x) for x in ins]
     if sharing == "expand":
+        w = jnp.concatenate([_rows(x, False) for x in ws])
         a = jnp.concatenate([_rows(x, False) for x in ins])
         g = jnp.concatenate([_rows(x, False) for x in gs])
+        big_a = matmul((a * w).T, a) / jnp.maximum(jnp.sum(w), 1.0)
     else:
-        # Per example: inputs averaged, gradients summed over positions and calls.
-        a = jnp.concatenate([_rows(x, True) for x in ins], axis=1).mean(axis=1)
+        # Per example: inputs averaged (over rows of weight 1), gradients summed over positions
+        # and calls.
+        w = jnp.concatenate([_rows(x, True) for x in ws], axis=1)
+        a = jnp.concatenate([_rows(x, True) for x in ins], axis=1)
+        a = jnp.sum(a * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
         g = jnp.concatenate([_rows(x, True) for x in gs], axis=1).sum(axis=1)
-    if bias:
-        a = _with_one(a)
-    big_a = matmul(a.T, a) / a.shape[0]
+        big_a = matmul(a.T, a) / a.shape[0]
     big_g = matmul(g.T, g) / num_cases
     return KFACFactors(big_a, big_g)
 
@@ -130,15 +149,25 @@ def kfac_embed_factors(
     preact_grads: jax.Array | Sequence[jax.Array],
     *,
     num_embeddings: int,
-    num_cases: int,
+    num_cases: int | jax.Array,
+    row_weights: jax.Array | Sequence[jax.Array | None] | None = None,
 ) -> KFACFactors:
     """K-FAC factors of an embedding lookup: ``a`` the token frequencies (the diagonal input
-    factor), ``G = (1/M) sum_rows g g^T`` (rule "expand" always)."""
+    factor; lookups of ``row_weights`` 0 left out, as in :func:`kfac_dense_factors`),
+    ``G = (1/M) sum_rows g g^T`` (rule "expand" always)."""
     id_list = [ids] if isinstance(ids, jax.Array) else list(ids)
     gs = [preact_grads] if isinstance(preact_grads, jax.Array) else list(preact_grads)
     dtype = jnp.promote_types(jnp.result_type(*gs), jnp.float32)
+    if row_weights is None or isinstance(row_weights, jax.Array | np.ndarray):
+        row_weights = [row_weights] * len(id_list)
     flat = jnp.concatenate([jnp.ravel(i) for i in id_list])
-    freq = jnp.zeros((num_embeddings,), dtype).at[flat].add(1.0) / flat.shape[0]
+    w = jnp.concatenate(
+        [
+            jnp.ones(jnp.shape(i), dtype).ravel() if r is None else jnp.asarray(r, dtype).ravel()
+            for i, r in zip(id_list, row_weights)
+        ]
+    )
+    freq = jnp.zeros((num_embeddings,), dtype).at[flat].add(w) / jnp.maximum(jnp.sum(w), 1.0)
     g = jnp.concatenate([_rows(x.astype(dtype), False) for x in gs])
     return KFACFactors(freq, matmul(g.T, g) / num_cases)
 
@@ -203,9 +232,9 @@ class _Tape:
             layer = name if name is not None else type(module).__mro__[1].__name__
             raise ValueError(
                 f"kfac_value_and_grad: layer {layer!r} is called inside a JAX or NNX "
-                "transformation of the model's forward pass (jax.lax.scan, nnx.scan / nnx.RNN, "
+                "transformation of the model's forward pass (jax.lax.scan, nnx.scan, "
                 "vmap, remat), where its input and output cannot be captured; unroll that loop "
-                "in Python"
+                "in Python (stock nnx.RNN layers are unrolled automatically)"
             )
         call = len(self.inputs[name])
         self.inputs[name].append(inputs)
@@ -240,6 +269,79 @@ def _tapped_class(cls: type) -> type:
 
         _TAPPED_CLASSES[cls] = type(f"_KFACTapped{cls.__name__}", (cls,), {"__call__": __call__})
     return _TAPPED_CLASSES[cls]
+
+
+def _rnn_unrolled_call(
+    self: Any,
+    inputs: jax.Array,
+    *,
+    initial_carry: Any = None,
+    seq_lengths: jax.Array | None = None,
+    return_carry: bool | None = None,
+    time_major: bool | None = None,
+    reverse: bool | None = None,
+    keep_order: bool | None = None,
+    rngs: Any = None,
+) -> Any:
+    """``nnx.RNN.__call__`` with its ``nnx.scan`` replaced by a Python loop over time.
+
+    The same computation step by step (same carry initialization, reversal, ``seq_lengths``
+    handling and output order), but every call of the cell runs in the caller's trace, where the
+    cell's layers can be captured. Used only inside :func:`kfac_value_and_grad`'s forward pass.
+    """
+    from flax import nnx
+    from flax.nnx.nn.recurrent import flip_sequences
+
+    return_carry = self.return_carry if return_carry is None else return_carry
+    time_major = self.time_major if time_major is None else time_major
+    reverse = self.reverse if reverse is None else reverse
+    keep_order = self.keep_order if keep_order is None else keep_order
+    time_axis = 0 if time_major else inputs.ndim - (self.cell.num_feature_axes + 1)
+    num_batch = len(
+        inputs.shape[1 : -self.cell.num_feature_axes] if time_major else inputs.shape[:time_axis]
+    )
+
+    def flip(x: jax.Array) -> jax.Array:
+        return flip_sequences(x, seq_lengths, num_batch_dims=num_batch, time_major=time_major)
+
+    if reverse:
+        inputs = flip(inputs)
+    rngs = self.rngs if rngs is None else rngs
+    if isinstance(rngs, nnx.Rngs):
+        rngs = rngs.carry.fork()
+    carry = (
+        self.cell.initialize_carry(inputs.shape[:time_axis] + inputs.shape[time_axis + 1 :], rngs)
+        if initial_carry is None
+        else initial_carry
+    )
+    carries, outputs = [], []
+    for t in range(inputs.shape[time_axis]):
+        carry, y = self.cell(carry, jax.lax.index_in_dim(inputs, t, time_axis, keepdims=False))
+        carries.append(carry)
+        outputs.append(y)
+    outputs = jax.tree.map(lambda *ys: jnp.stack(ys, axis=time_axis), *outputs)
+    if seq_lengths is not None and return_carry:
+        # The carry after each sequence's last valid step (nnx.RNN's rule, one batch axis).
+        stacked = jax.tree.map(lambda *cs: jnp.stack(cs), *carries)
+        last = jnp.asarray(seq_lengths) - 1
+        carry = jax.tree.map(lambda c: c[last, jnp.arange(c.shape[1])], stacked)
+    if reverse and keep_order:
+        outputs = jax.tree.map(flip, outputs)
+    return (carry, outputs) if return_carry else outputs
+
+
+def _unrolled_rnn_class(cls: type) -> type:
+    if cls not in _TAPPED_CLASSES:
+        _TAPPED_CLASSES[cls] = type(
+            f"_KFACUnrolled{cls.__name__}", (cls,), {"__call__": _rnn_unrolled_call}
+        )
+    return _TAPPED_CLASSES[cls]
+
+
+def _is_stock_rnn(module: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(module, nnx.RNN) and type(module).__call__ is nnx.RNN.__call__
 
 
 def _layer_kind(module: Any) -> str | None:
@@ -353,19 +455,34 @@ def _layer_factors(
     module: Any,
     inputs: list[jax.Array],
     grads: list[jax.Array],
-    num_cases: int,
+    num_cases: int | jax.Array,
     sharing: str,
+    case_mask: jax.Array | None,
 ) -> KFACFactors:
+    # Rows that are loss cases themselves (a call whose output has the loss's case shape) are
+    # weighted by the mask of ignored labels; other rows (a recurrent cell's per-step calls,
+    # convolution locations) all count.
+    weights = [
+        case_mask if case_mask is not None and g.shape[:-1] == case_mask.shape else None
+        for g in grads
+    ]
     if kind == "embed":
         return kfac_embed_factors(
-            inputs, grads, num_embeddings=module.num_embeddings, num_cases=num_cases
+            inputs,
+            grads,
+            num_embeddings=module.num_embeddings,
+            num_cases=num_cases,
+            row_weights=weights,
         )
     bias = module.bias is not None
     if kind == "conv":
         inputs = [_conv_patches(module, x) for x in inputs]
         # Gradients flattened like the patches (extra batch dims folded into the first).
         grads = [g.reshape(p.shape[:-1] + g.shape[-1:]) for g, p in zip(grads, inputs)]
-    return kfac_dense_factors(inputs, grads, num_cases=num_cases, bias=bias, sharing=sharing)
+        weights = [None] * len(inputs)
+    return kfac_dense_factors(
+        inputs, grads, num_cases=num_cases, bias=bias, sharing=sharing, row_weights=weights
+    )
 
 
 # -- the public function ---------------------------------------------------------------------------
@@ -381,7 +498,12 @@ def kfac_value_and_grad(
     axis) of:
 
     * ``"softmax_cross_entropy"``: ``-log softmax(z)[y]`` (``y`` integer labels of shape
-      ``z.shape[:-1]``) or ``-sum y log softmax(z)`` (``y`` probabilities shaped like ``z``);
+      ``z.shape[:-1]``) or ``-sum y log softmax(z)`` (``y`` probabilities shaped like ``z``).
+      A negative integer label (padding of a right-padded sentence, PyTorch's
+      ``ignore_index``) is no loss case: the loss is the mean over the others, and the case
+      adds nothing to the gradient or to ``G``; rows of layers applied per case (an embedding
+      lookup, a per-token dense layer) are left out of ``A`` too, while a recurrent cell's
+      per-step rows all count;
     * ``"sigmoid_cross_entropy"``: ``sum_k log(1 + e^{z_k}) - y_k z_k``;
     * ``"squared_error"``: ``sum_k (z_k - y_k)^2`` (``optax.squared_error`` summed over the
       output axis), the negative log-likelihood of ``N(z, I/2)`` up to a constant.
@@ -417,7 +539,7 @@ def kfac_value_and_grad(
       The function. It raises ``ValueError`` for a model with no supported layer, an ``x``/``y``
       mismatch, or a missing ``key`` with ``fisher="true"``. Layers called inside
       ``jax.lax.scan`` / ``nnx.scan`` cannot be captured (the call happens in another trace):
-      unroll such loops in Python.
+      unroll such loops in Python; stock ``nnx.RNN`` layers are unrolled for you.
 
     References:
       J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
@@ -463,6 +585,11 @@ def kfac_value_and_grad(
         def forward(p, perturbations):
             m = nnx.merge(graphdef, p, rest, copy=True)
             found = find_layers(m)
+            # Stock nnx.RNN loops run their cell under nnx.scan, in another trace: unroll them
+            # in Python here (same computation) so their layers' calls can be captured.
+            for _, module in nnx.iter_modules(m):
+                if _is_stock_rnn(module):
+                    module.__class__ = _unrolled_rnn_class(type(module))
             names = {}
             for name, (_, module) in found.items():
                 module.__class__ = _tapped_class(type(module))
@@ -495,10 +622,18 @@ def kfac_value_and_grad(
 
         out, pullback, (inputs, new_rest) = jax.vjp(primal, params, perturbations, has_aux=True)
         _check_targets(loss, out, y)
-        num_cases = int(jnp.size(out) // out.shape[-1])
+        if loss == "softmax_cross_entropy" and jnp.issubdtype(y.dtype, jnp.integer):
+            # Negative labels (padding) are no loss case: no loss, gradient or factor rows.
+            case_mask = (y >= 0).astype(out.dtype)
+            y = jnp.maximum(y, 0)
+            num_cases = jnp.maximum(jnp.sum(case_mask), 1.0)
+        else:
+            case_mask = None
+            num_cases = int(jnp.size(out) // out.shape[-1])
 
         def summed(z, targets):
-            return jnp.sum(_per_case_loss(loss, z, targets))
+            per_case = _per_case_loss(loss, z, targets)
+            return jnp.sum(per_case if case_mask is None else per_case * case_mask)
 
         total, cotangent = jax.value_and_grad(summed)(out, y)
         param_grads, data_preact = pullback(cotangent)
@@ -510,7 +645,9 @@ def kfac_value_and_grad(
                 sampled = _sample_targets(loss, key, out)
                 _, preact = pullback(jax.grad(summed)(out, sampled))
             return {
-                name: _layer_factors(kind, module, inputs[name], preact[name], num_cases, sharing)
+                name: _layer_factors(
+                    kind, module, inputs[name], preact[name], num_cases, sharing, case_mask
+                )
                 for name, (kind, module) in layers.items()
                 if name not in missing
             }

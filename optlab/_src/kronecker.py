@@ -45,6 +45,14 @@ be shardable along the stacked-block axis, but its tree structure would depend o
 parameters' shapes, and ``optax.tree.map_params`` (how optimizer-state shardings are built from
 the parameters' ones) computes the state's structure from ``init`` on a placeholder without
 shapes: a tuple fails there (a structure mismatch), a flat buffer does not.
+
+Sharded state. Over ``n`` devices (:func:`shard_layout`; the transforms' ``mesh=`` option) the
+buffers are ``[n, row]`` instead: every group padded to a multiple of ``n`` statistics, row
+``s`` holding device ``s``'s contiguous share of every group (then its share of the vectors'
+statistics), so that splitting the leading axis (:func:`optlab.state_sharding`) gives each
+device whole statistics. :func:`refresh` and :func:`refresh_bases` then run their kernels per
+device on its own share (:class:`Placement`, a ``shard_map``); every other function reads the
+same buffers through the same group views, and XLA's partitioner moves what it needs.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ __all__ = [
     "Kind",
     "Layout",
     "LeafPlan",
+    "Placement",
     "RefreshFn",
     "Statistics",
     "accumulate",
@@ -85,6 +94,7 @@ __all__ = [
     "from_blocks",
     "graft",
     "graft_ratio",
+    "group_stack",
     "group_stacks",
     "identity_factors",
     "inverse_roots",
@@ -98,9 +108,11 @@ __all__ = [
     "power_qr",
     "refresh",
     "refresh_bases",
+    "shard_layout",
     "statistics_bound",
     "statistics_finite",
     "to_blocks",
+    "write_group",
 ]
 
 
@@ -138,16 +150,28 @@ class Kind:
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """All ``d x d`` statistics of one root ``p``: one ``[count, d, d]`` stack."""
+    """All ``d x d`` statistics of one root ``p``: one ``[count, d, d]`` stack.
+
+    Over ``shards`` devices (:func:`shard_layout`) the stack is padded to a multiple of
+    ``shards`` (``padding`` statistics at its end) and shard ``s`` holds its ``s``-th contiguous
+    ``count / shards`` statistics at ``offset`` of its row of the buffers.
+    """
 
     dim: int
     p: int
     count: int
-    offset: int  # in the flat buffers (elements)
+    offset: int  # in the flat buffers (elements); over shards: in each shard's row
+    shards: int = 1
+    padding: int = 0  # padded statistics at the end of the stack (never read by a kind)
 
     @property
     def size(self) -> int:
         return self.count * self.dim * self.dim
+
+    @property
+    def row_size(self) -> int:
+        """Elements of the stack in each shard's row."""
+        return self.size // self.shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,16 +179,40 @@ class Layout:
     leaves: tuple[LeafPlan, ...]
     kinds: tuple[Kind, ...]
     groups: tuple[Group, ...]
-    matrix_size: int  # elements of all groups (the factors buffer's size)
+    matrix_size: int  # elements of all groups (the factors buffer's size), padding included
     vector_sizes: tuple[int, ...]  # elements of each vector leaf, in leaf order
+    shards: int = 1  # the buffers are [shards, row] over that many devices (shard_layout)
 
     @property
     def vector_size(self) -> int:
         return sum(self.vector_sizes)
 
     @property
+    def matrix_row(self) -> int:
+        """Elements of the matrix statistics (factors) in each shard's row."""
+        return self.matrix_size // self.shards
+
+    @property
+    def vector_row(self) -> int:
+        """Elements of the vectors' statistics in each shard's row (zero-padded)."""
+        return -(-self.vector_size // self.shards)
+
+    @property
     def stats_size(self) -> int:
-        return self.matrix_size + self.vector_size
+        return self.shards * (self.matrix_row + self.vector_row)
+
+    @property
+    def stats_shape(self) -> tuple[int, ...]:
+        """Shape of the statistics buffer: flat, or ``[shards, row]`` over several shards (the
+        leading axis is what :func:`optlab.state_sharding` shards)."""
+        if self.shards == 1:
+            return (self.stats_size,)
+        return (self.shards, self.matrix_row + self.vector_row)
+
+    @property
+    def factors_shape(self) -> tuple[int, ...]:
+        """Shape of the factors buffer (:attr:`stats_shape` without the vectors' part)."""
+        return (self.matrix_size,) if self.shards == 1 else (self.shards, self.matrix_row)
 
     @functools.cached_property
     def segments(self) -> np.ndarray:
@@ -173,16 +221,18 @@ class Layout:
 
     @functools.cached_property
     def diagonal_indices(self) -> np.ndarray:
-        """Where the diagonals of all statistics and the vectors' statistics are in the buffer."""
-        parts = [
-            g.offset
-            + (
-                np.arange(g.count)[:, None] * g.dim * g.dim
-                + np.arange(g.dim)[None, :] * (g.dim + 1)
-            ).ravel()
-            for g in self.groups
-        ]
-        parts.append(self.matrix_size + np.arange(self.vector_size))
+        """Where the diagonals of all statistics and the vectors' statistics are in the buffer
+        (raveled, for a ``[shards, row]`` buffer)."""
+        row = self.matrix_row + self.vector_row
+        parts = []
+        for g in self.groups:
+            position = np.arange(g.count)
+            per_shard = g.count // g.shards
+            start = (position // per_shard) * row + g.offset + (position % per_shard) * g.dim**2
+            parts.append((start[:, None] + np.arange(g.dim)[None, :] * (g.dim + 1)).ravel())
+        entry = np.arange(self.vector_size)
+        parts.append((entry // max(self.vector_row, 1)) * row + self.matrix_row)
+        parts[-1] += entry % max(self.vector_row, 1)
         return np.concatenate(parts).astype(np.int32)
 
 
@@ -304,6 +354,33 @@ def make_layout(
     return Layout(leaves, kinds, groups, offset, tuple(vector_sizes))
 
 
+@functools.lru_cache(maxsize=256)
+def shard_layout(layout: Layout, shards: int) -> Layout:
+    """``layout`` with its statistics split over ``shards`` devices along the stacked-block axis.
+
+    The rule (balanced work, Meta's Distributed Shampoo assigns blocks to workers the same way up
+    to the order): every group's stack of ``c`` statistics of size ``d`` is padded with
+    ``ceil(c / shards) * shards - c`` statistics at its end (zero, with identity factors, never
+    read by a block), and shard ``s`` owns the ``s``-th contiguous ``ceil(c / shards)`` of them.
+    Every device thus refreshes the same number of statistics of every size, about ``d^3``
+    work each: equal work, and at most ``shards - 1`` padded statistics per group more than the
+    single-device run. The buffers become ``[shards, row]``: row ``s`` holds shard ``s``'s part
+    of every group, then its share of the vectors' diagonal statistics (zero-padded), so that
+    sharding the leading axis gives every device whole statistics and no group straddles two
+    devices. ``shards=1`` returns ``layout`` itself (the flat buffers).
+    """
+    if shards == 1:
+        return layout
+    groups, offset = [], 0
+    for g in layout.groups:
+        count = -(-g.count // shards) * shards
+        groups.append(Group(g.dim, g.p, count, offset, shards, count - g.count))
+        offset += count * g.dim * g.dim // shards
+    return dataclasses.replace(
+        layout, groups=tuple(groups), matrix_size=offset * shards, shards=shards
+    )
+
+
 # -- tree <-> stacks -------------------------------------------------------------------------------
 class Blocks(NamedTuple):
     """A tree in the engine's layout.
@@ -395,9 +472,49 @@ def from_blocks(blocks: Blocks, layout: Layout, like: Sequence[jax.Array]) -> li
 
 # -- buffers ---------------------------------------------------------------------------------------
 def _group_view(buffer: jax.Array, group: Group) -> jax.Array:
-    return jax.lax.dynamic_slice_in_dim(buffer, group.offset, group.size).reshape(
-        group.count, group.dim, group.dim
+    if group.shards == 1:
+        return jax.lax.dynamic_slice_in_dim(buffer, group.offset, group.size).reshape(
+            group.count, group.dim, group.dim
+        )
+    # [shards, row] -> every row's part -> [count, d, d]: shard s's statistics stay on s.
+    rows = buffer.reshape(group.shards, -1)
+    part = jax.lax.slice_in_dim(rows, group.offset, group.offset + group.row_size, axis=1)
+    return part.reshape(group.count, group.dim, group.dim)
+
+
+def _write_group(buffer: jax.Array, stack: jax.Array, group: Group) -> jax.Array:
+    """``buffer`` with ``group``'s stack replaced by ``stack`` (``[count, d, d]``), in place."""
+    stack = stack.astype(buffer.dtype)
+    if group.shards == 1:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, stack.ravel(), group.offset, 0)
+    rows = buffer.reshape(group.shards, -1)
+    rows = jax.lax.dynamic_update_slice(
+        rows, stack.reshape(group.shards, group.row_size), (0, group.offset)
     )
+    return rows.reshape(buffer.shape)
+
+
+def _padded(stack: jax.Array, group: Group) -> jax.Array:
+    """A ``[count - padding, d, d]`` stack (of the real statistics) padded with zeros."""
+    if group.padding == 0:
+        return stack
+    return jnp.pad(stack, ((0, group.padding), (0, 0), (0, 0)))
+
+
+def _real(group: Group) -> jax.Array:
+    """``[count]``: False at the padded statistics (their factors are never counted)."""
+    return jnp.asarray(np.arange(group.count) < group.count - group.padding)
+
+
+def group_stack(buffer: jax.Array, group: Group) -> jax.Array:
+    """``[count, d, d]``: one group's stack of a statistics or factors buffer (padding included,
+    at its end)."""
+    return _group_view(buffer, group)
+
+
+def write_group(buffer: jax.Array, stack: jax.Array, group: Group) -> jax.Array:
+    """``buffer`` with ``group``'s ``[count, d, d]`` stack replaced by ``stack`` (in place)."""
+    return _write_group(buffer, stack, group)
 
 
 def group_stacks(buffer: jax.Array, layout: Layout) -> tuple[jax.Array, ...]:
@@ -406,14 +523,20 @@ def group_stacks(buffer: jax.Array, layout: Layout) -> tuple[jax.Array, ...]:
 
 
 def diagonal_statistics(buffer: jax.Array, layout: Layout) -> jax.Array:
-    """The vectors' diagonal statistics (the tail of the statistics buffer)."""
-    return jax.lax.dynamic_slice_in_dim(buffer, layout.matrix_size, layout.vector_size)
+    """The vectors' diagonal statistics (the tail of the statistics buffer, or of its rows)."""
+    if layout.shards == 1:
+        return jax.lax.dynamic_slice_in_dim(buffer, layout.matrix_size, layout.vector_size)
+    tails = jax.lax.slice_in_dim(buffer, layout.matrix_row, buffer.shape[1], axis=1)
+    return tails.ravel()[: layout.vector_size]
 
 
 def kind_factors(factors: jax.Array, layout: Layout, kind: int, axis: int) -> jax.Array:
     """``[count, d, d]``: the factors of every block of ``kind`` along its ``axis``."""
     k = layout.kinds[kind]
     g = layout.groups[k.axis_groups[axis]]
+    if g.shards > 1:
+        start = k.axis_offsets[axis]
+        return jax.lax.slice_in_dim(_group_view(factors, g), start, start + k.count)
     start = g.offset + k.axis_offsets[axis] * g.dim * g.dim
     return jax.lax.dynamic_slice_in_dim(factors, start, k.count * g.dim * g.dim).reshape(
         k.count, g.dim, g.dim
@@ -422,6 +545,15 @@ def kind_factors(factors: jax.Array, layout: Layout, kind: int, axis: int) -> ja
 
 def identity_factors(layout: Layout, dtype=jnp.float32) -> jax.Array:
     """A factors buffer holding ``I`` for every statistic."""
+    if layout.shards > 1:
+        s = layout.shards
+        if not layout.groups:
+            return jnp.zeros(layout.factors_shape, dtype)
+        rows = [
+            jnp.broadcast_to(jnp.eye(g.dim, dtype=dtype), (s, g.count // s, g.dim, g.dim))
+            for g in layout.groups
+        ]
+        return jnp.concatenate([r.reshape(s, -1) for r in rows], axis=1)
     parts = [
         jnp.broadcast_to(jnp.eye(g.dim, dtype=dtype), (g.count, g.dim, g.dim)).ravel()
         for g in layout.groups
@@ -440,7 +572,7 @@ def statistics_finite(buffer: jax.Array, layout: Layout) -> jax.Array:
     """
     if buffer.size == 0:
         return jnp.asarray(True)
-    return jnp.all(jnp.isfinite(jnp.take(buffer, jnp.asarray(layout.diagonal_indices))))
+    return jnp.all(jnp.isfinite(jnp.take(buffer.ravel(), jnp.asarray(layout.diagonal_indices))))
 
 
 def statistics_bound(buffer: jax.Array, layout: Layout, beta2, squares: jax.Array) -> jax.Array:
@@ -459,7 +591,9 @@ def statistics_bound(buffer: jax.Array, layout: Layout, beta2, squares: jax.Arra
     weight = jnp.where(decay == 1, 1, 1 - decay).astype(dtype)
     indices = layout.diagonal_indices
     largest = (
-        jnp.max(jnp.take(buffer, jnp.asarray(indices))) if indices.size else jnp.zeros([], dtype)
+        jnp.max(jnp.take(buffer.ravel(), jnp.asarray(indices)))
+        if indices.size
+        else jnp.zeros([], dtype)
     )
     return decay * largest + weight * squares.astype(dtype)
 
@@ -506,14 +640,16 @@ def accumulate(buffer: jax.Array, new: Statistics, layout: Layout, beta2) -> jax
     out = buffer
     for group, contribution in zip(layout.groups, new.groups, strict=True):
         old = _group_view(buffer, group)
-        out = jax.lax.dynamic_update_slice_in_dim(
-            out, (decay * old + weight * contribution).ravel(), group.offset, 0
-        )
+        out = _write_group(out, decay * old + weight * _padded(contribution, group), group)
     if new.diagonal is not None:
         old = diagonal_statistics(buffer, layout)
-        out = jax.lax.dynamic_update_slice_in_dim(
-            out, decay * old + weight * new.diagonal, layout.matrix_size, 0
-        )
+        diagonal = decay * old + weight * new.diagonal
+        if layout.shards == 1:
+            out = jax.lax.dynamic_update_slice_in_dim(out, diagonal, layout.matrix_size, 0)
+        else:
+            tails = jnp.pad(diagonal, (0, layout.shards * layout.vector_row - diagonal.size))
+            tails = tails.reshape(layout.shards, layout.vector_row)
+            out = jax.lax.dynamic_update_slice(out, tails, (0, layout.matrix_row))
     return out
 
 
@@ -523,24 +659,72 @@ def accumulate(buffer: jax.Array, new: Statistics, layout: Layout, beta2) -> jax
 RefreshFn = Callable[[jax.Array, Group], tuple[jax.Array, jax.Array]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the statistics of a :func:`shard_layout` live: split along ``mesh``'s ``axis``
+    (``mesh=None``: on one device, or wherever XLA puts them).
+
+    :meth:`map` runs a refresh kernel on each device's own statistics with ``jax.shard_map``:
+    XLA's partitioner cannot split the host LAPACK callback of the CPU kernels
+    (:func:`optlab.linalg._lapack.host_call`; it would gather every statistic onto one device
+    and run the whole batch there), and a shard_map also pins matmul-only kernels (Newton
+    iterations) to the owner of each block.
+    """
+
+    mesh: jax.sharding.Mesh | None = None
+    axis: str = "data"
+
+    @property
+    def shards(self) -> int:
+        return 1 if self.mesh is None else int(self.mesh.shape[self.axis])
+
+    def map(self, fn: Callable[..., object], *stacks: jax.Array):
+        """``fn`` on each device's part of ``stacks`` (split along their leading axis); the
+        outputs' leading axes concatenate the devices' results."""
+        if self.shards == 1:
+            return fn(*stacks)
+        spec = jax.sharding.PartitionSpec(self.axis)
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=spec, out_specs=spec, check_vma=False)(
+            *stacks
+        )
+
+
+def _check_placement(layout: Layout, placement: Placement | None) -> Placement:
+    placement = placement or Placement()
+    if placement.shards not in (1, layout.shards):
+        raise ValueError(
+            f"the layout is split over {layout.shards} shards, the placement over "
+            f"{placement.shards} devices"
+        )
+    return placement
+
+
 def refresh(
-    stats: jax.Array, factors: jax.Array, layout: Layout, refresh_fn: RefreshFn
+    stats: jax.Array,
+    factors: jax.Array,
+    layout: Layout,
+    refresh_fn: RefreshFn,
+    placement: Placement | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """New factors for every group, one batched ``refresh_fn`` call per group.
+    """New factors for every group, one batched ``refresh_fn`` call per group (per device, on
+    its own statistics, with a sharded ``placement``).
 
     Returns the new factors buffer (a rejected factor keeps its previous value) and the int32
-    number of rejected factors.
+    number of rejected factors (padded statistics not counted).
     """
+    placement = _check_placement(layout, placement)
     out, rejected, previous = factors, jnp.zeros([], jnp.int32), None
     for group in layout.groups:
-        # One group after the other: concurrent batched LAPACK calls can deadlock on CPU.
-        candidate, ok = refresh_fn(after(_group_view(stats, group), previous), group)
+        s = _group_view(stats, group)
+        if placement.shards == 1:
+            # One group after the other: concurrent batched LAPACK calls can deadlock on CPU.
+            # (Not across devices: that would chain every device to shard 0's previous group.)
+            s = after(s, previous)
+        candidate, ok = placement.map(lambda x, g=group: refresh_fn(x, g), s)
         previous = candidate
         kept = jnp.where(ok[:, None, None], candidate, _group_view(factors, group))
-        out = jax.lax.dynamic_update_slice_in_dim(
-            out, kept.ravel().astype(out.dtype), group.offset, 0
-        )
-        rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
+        out = _write_group(out, kept, group)
+        rejected = rejected + jnp.sum(~ok & _real(group)).astype(jnp.int32)
     return out, rejected
 
 
@@ -743,7 +927,13 @@ class BasisRefresh(NamedTuple):
 
 
 def refresh_bases(
-    stats: jax.Array, bases: jax.Array, layout: Layout, *, method: str, tolerance=None
+    stats: jax.Array,
+    bases: jax.Array,
+    layout: Layout,
+    *,
+    method: str,
+    tolerance=None,
+    placement: Placement | None = None,
 ) -> BasisRefresh:
     """New eigenbases for every group: ``method="eigh"`` (:func:`eigenbases`) or ``"qr"``
     (:func:`power_qr` from the current bases), one batched call per group.
@@ -751,41 +941,48 @@ def refresh_bases(
     A basis with a non-finite entry is rejected: the previous one is kept and counted. With a
     ``tolerance`` (``"qr"`` only), a basis whose :func:`off_diagonal_ratio` is ``<=
     tolerance`` is kept as it is and counted as skipped; a group whose bases are all kept makes
-    no QR call at all (``lax.cond``).
+    no QR call at all (``lax.cond``; with a sharded ``placement`` each device decides for its
+    own bases).
     """
+    if method not in ("eigh", "qr"):
+        raise ValueError(f"method must be 'eigh' or 'qr', got {method!r}")
+    placement = _check_placement(layout, placement)
+
+    def candidates(s: jax.Array, old: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """New bases, their column orders and which bases were kept as they are."""
+        identity = jnp.broadcast_to(jnp.arange(old.shape[-1], dtype=jnp.int32), old.shape[:2])
+        if method == "eigh":
+            return eigenbases(s), identity, jnp.zeros(old.shape[:1], bool)
+        if tolerance is None:
+            return (*power_qr(s, old), jnp.zeros(old.shape[:1], bool))
+        keep = off_diagonal_ratio(s, old) <= tolerance  # False for NaN
+        candidate, order = jax.lax.cond(
+            jnp.all(keep),
+            lambda o=old, i=identity: (o, i),
+            lambda s=s, o=old: power_qr(s, o),
+        )
+        candidate = jnp.where(keep[:, None, None], old, candidate)
+        return candidate, jnp.where(keep[:, None], identity, order), keep
+
     out, previous = bases, None
     rejected = skipped = jnp.zeros([], jnp.int32)
     orders = []
     for group in layout.groups:
-        # One group after the other (as refresh): their LAPACK calls are serialized.
-        s = after(_group_view(stats, group), previous)
+        s = _group_view(stats, group)
+        if placement.shards == 1:
+            # One group after the other (as refresh): their LAPACK calls are serialized.
+            s = after(s, previous)
         old = _group_view(bases, group).astype(s.dtype)
         identity = jnp.broadcast_to(jnp.arange(group.dim, dtype=jnp.int32), old.shape[:2])
-        if method == "eigh":
-            candidate, order = eigenbases(s), identity
-        elif method == "qr":
-            if tolerance is None:
-                candidate, order = power_qr(s, old)
-            else:
-                keep = off_diagonal_ratio(s, old) <= tolerance  # False for NaN
-                candidate, order = jax.lax.cond(
-                    jnp.all(keep),
-                    lambda o=old, i=identity: (o, i),
-                    lambda s=s, o=old: power_qr(s, o),
-                )
-                candidate = jnp.where(keep[:, None, None], old, candidate)
-                order = jnp.where(keep[:, None], identity, order)
-                skipped = skipped + jnp.sum(keep).astype(jnp.int32)
-        else:
-            raise ValueError(f"method must be 'eigh' or 'qr', got {method!r}")
+        candidate, order, keep = placement.map(candidates, s, old)
+        real = _real(group)
+        skipped = skipped + jnp.sum(keep & real).astype(jnp.int32)
         previous = candidate
         ok = jnp.all(jnp.isfinite(candidate), axis=(1, 2))
         kept = jnp.where(ok[:, None, None], candidate, old)
         orders.append(jnp.where(ok[:, None], order, identity))
-        out = jax.lax.dynamic_update_slice_in_dim(
-            out, kept.ravel().astype(out.dtype), group.offset, 0
-        )
-        rejected = rejected + jnp.sum(~ok).astype(jnp.int32)
+        out = _write_group(out, kept, group)
+        rejected = rejected + jnp.sum(~ok & real).astype(jnp.int32)
     return BasisRefresh(out, tuple(orders), rejected, skipped)
 
 
@@ -795,7 +992,7 @@ def basis_changes(new: jax.Array, old: jax.Array, layout: Layout) -> jax.Array:
     out = new
     for group in layout.groups:
         change = matmul(jnp.swapaxes(_group_view(new, group), 1, 2), _group_view(old, group))
-        out = jax.lax.dynamic_update_slice_in_dim(out, change.ravel(), group.offset, 0)
+        out = _write_group(out, change, group)
     return out
 
 

@@ -30,6 +30,7 @@ from optlab._src.common import (
     square_sums,
     upcast,
 )
+from optlab._src.sharding import make_placement
 
 GRAFTING = ("none", "sgd", "adagrad", "rmsprop", "adam")
 ROOT_METHODS = linalg.INVERSE_ROOT_METHODS
@@ -200,6 +201,8 @@ def _preconditioner(
     root_method,
     root_error_threshold,
     eps_floor,
+    mesh=None,
+    mesh_axis="data",
 ) -> tuple[optax.GradientTransformation, Callable[[ShampooState], jax.Array]]:
     """Shampoo's preconditioning without the NaN guard, and the guard's cheap state check."""
     check_number("beta2", beta2, low=0.0, high=1.0)
@@ -221,6 +224,7 @@ def _preconditioner(
         "root_error_threshold", root_error_threshold, low=0.0, low_open=True, allow_inf=True
     )
     check_number("eps_floor", eps_floor, low=0.0)
+    placement = make_placement(mesh, mesh_axis)
     graft_tx = _graft_transform(grafting, graft_beta2, graft_eps)
     refresh_fn = kron.inverse_roots(
         eps=eps,
@@ -236,7 +240,7 @@ def _preconditioner(
         layout = kron.make_layout(
             shapes, block_size, max_preconditioned_dim, merge_small_dims, root
         )
-        return layout, leaves, treedef
+        return kron.shard_layout(layout, placement.shards), leaves, treedef
 
     def init_fn(params):
         check_leaf_dtypes(params, name)
@@ -244,7 +248,7 @@ def _preconditioner(
         dtype = at_least_float32(jnp.result_type(*leaves)) if leaves else jnp.float32
         return ShampooState(
             count=jnp.zeros([], jnp.int32),
-            stats=jnp.zeros((layout.stats_size,), dtype),
+            stats=jnp.zeros(layout.stats_shape, dtype),
             roots=kron.identity_factors(layout, dtype),
             graft=graft_tx.init(jax.tree.map(upcast, params)),
             rejected_roots=jnp.zeros([], jnp.int32),
@@ -260,7 +264,7 @@ def _preconditioner(
         due = (state.count >= start) & ((state.count - start) % every == 0)
         roots, rejected = jax.lax.cond(
             due,
-            lambda: kron.refresh(stats, state.roots, layout, refresh_fn),
+            lambda: kron.refresh(stats, state.roots, layout, refresh_fn, placement),
             lambda: (state.roots, jnp.zeros([], jnp.int32)),
         )
         direction = kron.Blocks(
@@ -327,6 +331,8 @@ def scale_by_shampoo(
     root_method: str = "auto",
     root_error_threshold: float = 4.0,
     eps_floor: float = 1e-30,
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scale updates by Shampoo's Kronecker-factored preconditioner (Gupta et al. 2018).
     {math}
@@ -360,6 +366,10 @@ def scale_by_shampoo(
         default 4.0 rejects roots that are badly wrong (a failed eigh, a diverged iteration),
         and non-finite ones always.
       eps_floor: absolute ridge floor (``>= 0``; keeps an all-zero statistic invertible).
+      mesh, mesh_axis: a ``jax.sharding.Mesh`` and one of its axis names: the statistics and
+        roots are split over that axis' devices, each refreshing only its own roots (layout
+        and balance rule: :func:`optlab._src.kronecker.shard_layout`); shard the state with
+        :func:`optlab.state_sharding`. ``None``: one device's layout.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -390,6 +400,8 @@ def scale_by_shampoo(
         root_method=root_method,
         root_error_threshold=root_error_threshold,
         eps_floor=eps_floor,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
     )
     return skip_nonfinite(raw, step_is_safe=step_is_safe)
 
@@ -414,6 +426,8 @@ def shampoo(
     root_method: str = "auto",
     root_error_threshold: float = 4.0,
     eps_floor: float = 1e-30,
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Shampoo optimizer: preconditioning, momentum, decoupled weight decay, step size.
 
@@ -431,9 +445,12 @@ def shampoo(
       eps: relative ridge of the statistics (``>= 0``).
       weight_decay: decoupled weight decay coefficient ``>= 0`` (``W <- W - lr * wd * W``).
       weight_decay_mask: optax mask for the weight decay (e.g. to exclude biases).
-      exponent, block_size, max_preconditioned_dim, merge_small_dims, precondition_every,
-        start_preconditioning_step, grafting, graft_beta2, graft_eps, root_method,
-        root_error_threshold, eps_floor: as in :func:`scale_by_shampoo`.
+      exponent, block_size, max_preconditioned_dim, merge_small_dims: as in
+        :func:`scale_by_shampoo`.
+      precondition_every, start_preconditioning_step, grafting, graft_beta2: as in
+        :func:`scale_by_shampoo`.
+      graft_eps, root_method, root_error_threshold, eps_floor: as in :func:`scale_by_shampoo`.
+      mesh, mesh_axis: as in :func:`scale_by_shampoo` (sharded state).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -469,6 +486,8 @@ def shampoo(
         root_method=root_method,
         root_error_threshold=root_error_threshold,
         eps_floor=eps_floor,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
     )
     parts = [raw]
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must

@@ -29,6 +29,7 @@ from optlab._src.common import (
     square_sums,
 )
 from optlab._src.shampoo import _layout_option, _step_option
+from optlab._src.sharding import make_placement
 
 _MATH = r"""
     For a matrix gradient ``G`` (m x n) SOAP keeps Shampoo's two statistics and runs Adam in
@@ -190,6 +191,8 @@ def _preconditioner(
     precondition_1d,
     ignored_basis_change_dims,
     refresh_tolerance,
+    mesh=None,
+    mesh_axis="data",
 ) -> tuple[optax.GradientTransformation, Callable[..., jax.Array]]:
     """SOAP's preconditioning without the NaN guard, and the guard's ``step_is_safe``."""
     check_number("b1", b1, low=0.0, high=1.0, high_open=True)
@@ -206,6 +209,7 @@ def _preconditioner(
     ignored = _ignored_axes(ignored_basis_change_dims)
     check_number("refresh_tolerance", refresh_tolerance, low=0.0, high=1.0, allow_none=True)
     beta_s = b2 if shampoo_beta is None else shampoo_beta
+    placement = make_placement(mesh, mesh_axis)
 
     def layout_of(tree) -> tuple[kron.Layout, list[jax.Array], Any]:
         leaves, treedef = jax.tree.flatten(tree)
@@ -220,7 +224,7 @@ def _preconditioner(
             precondition_vectors=precondition_1d,
             ignored_axes=ignored,
         )
-        return layout, leaves, treedef
+        return kron.shard_layout(layout, placement.shards), leaves, treedef
 
     def init_fn(params):
         check_leaf_dtypes(params, name)
@@ -228,7 +232,7 @@ def _preconditioner(
         dtype = at_least_float32(jnp.result_type(*leaves)) if leaves else jnp.float32
         return SoapState(
             count=jnp.zeros([], jnp.int32),
-            stats=jnp.zeros((layout.stats_size,), dtype),
+            stats=jnp.zeros(layout.stats_shape, dtype),
             bases=kron.identity_factors(layout, dtype),
             mu=jax.tree.map(lambda x: jnp.zeros(np.shape(x), dtype), params),
             nu=jax.tree.map(lambda x: jnp.zeros(np.shape(x), dtype), params),
@@ -273,12 +277,19 @@ def _preconditioner(
         if layout.groups:
 
             def first_bases():
-                new = kron.refresh_bases(stats, state.bases, layout, method="eigh")
+                new = kron.refresh_bases(
+                    stats, state.bases, layout, method="eigh", placement=placement
+                )
                 return new.bases, mu, nu, new.rejected, zero
 
             def power_step():
                 new = kron.refresh_bases(
-                    stats, state.bases, layout, method="qr", tolerance=refresh_tolerance
+                    stats,
+                    state.bases,
+                    layout,
+                    method="qr",
+                    tolerance=refresh_tolerance,
+                    placement=placement,
                 )
                 change = kron.basis_changes(new.bases, state.bases, layout)
                 new_mu = kron.Blocks(
@@ -336,6 +347,8 @@ def scale_by_soap(
     precondition_1d: bool = False,
     ignored_basis_change_dims: Mapping[int, Any] | None = None,
     refresh_tolerance: float | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scale updates by SOAP: Adam in the eigenbasis of Shampoo's statistics (Vyas et al.).
     {math}
@@ -355,6 +368,10 @@ def scale_by_soap(
         are not rotated (``None``: all rotated).
       refresh_tolerance: keep a basis at a refresh when ``||B - diag B||_F <= tol ||B||_F``,
         ``B = Q^T L Q`` (in ``[0, 1]``; ``None``: always refresh).
+      mesh, mesh_axis: a ``jax.sharding.Mesh`` and one of its axis names: the statistics and
+        bases are split over that axis' devices, each refreshing only its own bases (layout
+        and balance rule: :func:`optlab._src.kronecker.shard_layout`); shard the state with
+        :func:`optlab.state_sharding`. ``None``: one device's layout.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -383,6 +400,8 @@ def scale_by_soap(
         precondition_1d=precondition_1d,
         ignored_basis_change_dims=ignored_basis_change_dims,
         refresh_tolerance=refresh_tolerance,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
     )
     return skip_nonfinite(raw, step_is_safe=step_is_safe)
 
@@ -403,6 +422,8 @@ def soap(
     precondition_1d: bool = False,
     ignored_basis_change_dims: Mapping[int, Any] | None = None,
     refresh_tolerance: float | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The SOAP optimizer: SOAP's preconditioned Adam, decoupled weight decay, step size.
 
@@ -419,9 +440,11 @@ def soap(
       b1, b2, eps: Adam's, as in :func:`scale_by_soap`.
       weight_decay: decoupled weight decay coefficient ``>= 0``.
       weight_decay_mask: optax mask for the weight decay (e.g. to exclude biases).
-      shampoo_beta, precondition_every, block_size, max_preconditioned_dim, merge_small_dims,
-        precondition_1d, ignored_basis_change_dims, refresh_tolerance: as in
+      shampoo_beta, precondition_every, block_size, max_preconditioned_dim: as in
         :func:`scale_by_soap`.
+      merge_small_dims, precondition_1d, ignored_basis_change_dims, refresh_tolerance: as in
+        :func:`scale_by_soap`.
+      mesh, mesh_axis: as in :func:`scale_by_soap` (sharded state).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -451,6 +474,8 @@ def soap(
         precondition_1d=precondition_1d,
         ignored_basis_change_dims=ignored_basis_change_dims,
         refresh_tolerance=refresh_tolerance,
+        mesh=mesh,
+        mesh_axis=mesh_axis,
     )
     parts = [raw]
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must

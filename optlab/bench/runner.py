@@ -167,7 +167,11 @@ def _loss_fn(task: Task, graphdef: nnx.GraphDef) -> Callable[..., Any]:
         # copy=True: fresh Variables, so running the model under jax.grad mutates nothing.
         model = nnx.merge(graphdef, params, rest, copy=True)
         per_example, _ = task.metrics(model, x, y)
-        loss = jnp.mean(per_example)
+        if task.example_weight is None:
+            loss = jnp.mean(per_example)
+        else:  # e.g. tokens per padded sentence: the mean over the batch's real tokens
+            w = task.example_weight(x, y)
+            loss = jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1.0)
         if task.penalty is not None:
             loss = loss + task.penalty(model)
         return loss, nnx.state(model, nnx.Not(nnx.Param))
@@ -177,12 +181,17 @@ def _loss_fn(task: Task, graphdef: nnx.GraphDef) -> Callable[..., Any]:
 
 def _kfac_value_and_grad(task: Task, fisher: str = "true") -> Callable[..., Any]:
     """``optlab.kfac_value_and_grad`` for the task's loss: softmax cross-entropy averaged over
-    every output position (classification, per-token tagging with equal lengths), no penalty;
-    ``ValueError`` for other tasks."""
+    every output position (classification, per-token tagging; padded tags, negative, are no
+    loss case there either), no penalty; ``ValueError`` for other tasks."""
     import optlab
-    from optlab.bench.tasks import classification_metrics, tagging_metrics
+    from optlab.bench.tasks import (
+        classification_metrics,
+        masked_tagging_metrics,
+        tagging_metrics,
+    )
 
-    if task.metrics not in (classification_metrics, tagging_metrics) or task.penalty is not None:
+    supported = (classification_metrics, tagging_metrics, masked_tagging_metrics)
+    if task.metrics not in supported or task.penalty is not None:
         raise ValueError(
             f"K-FAC needs its curvature from optlab.kfac_value_and_grad, available for softmax "
             f"cross-entropy tasks without a penalty; task {task.name!r} is not one"
@@ -269,13 +278,16 @@ def make_train_step(
 
 
 def make_eval_step(task: Task, eval_graphdef: nnx.GraphDef) -> Callable[..., Any]:
-    """``(params, rest, x, y, w) -> (sum of w * loss, sum of w * correct)``, inference mode."""
+    """``(params, rest, x, y, w) -> (sum of v * loss, sum of v * correct, sum of v)``, inference
+    mode, where ``v = w`` times the task's :attr:`~optlab.bench.tasks.Task.example_weight`."""
 
     @jax.jit
     def evaluate(params, rest, x, y, w):
         model = nnx.merge(eval_graphdef, params, rest, copy=True)
         loss, correct = task.metrics(model, x, y)
-        return jnp.sum(w * loss), jnp.sum(w * correct)
+        if task.example_weight is not None:
+            w = w * task.example_weight(x, y)
+        return jnp.sum(w * loss), jnp.sum(w * correct), jnp.sum(w)
 
     return evaluate
 
@@ -391,13 +403,14 @@ def train_one(
     eval_size = min(EVAL_BATCH, ds.num_test)
 
     def run_eval() -> tuple[float, float]:
-        loss_sum = acc_sum = 0.0
+        loss_sum = acc_sum = weight_sum = 0.0
         for i in range(0, len(w_test), eval_size):
             sl = slice(i, i + eval_size)
-            ls, cs = evaluate(params, rest, x_test[sl], y_test[sl], w_test[sl])
+            ls, cs, ws = evaluate(params, rest, x_test[sl], y_test[sl], w_test[sl])
             loss_sum += float(ls)
             acc_sum += float(cs)
-        return loss_sum / ds.num_test, acc_sum / ds.num_test
+            weight_sum += float(ws)
+        return loss_sum / weight_sum, acc_sum / weight_sum
 
     curvature_fn = kfac_curvature_fn(task, optimizer)
     step_fn = jax.jit(
