@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optlab.bench.tasks import DEFAULT_TASK, TASKS, Task, load_task_data
+from optlab.bench.tasks import (
+    DEFAULT_TASK,
+    TASKS,
+    Task,
+    canonical_task_name,
+    load_task_data,
+)
 
 if TYPE_CHECKING:
     from optlab.bench.registry import BuiltOptimizer
@@ -156,6 +162,8 @@ class CompareConfig:
         data_dir: where file-based tasks read their data.
         quiet: no progress bars.
         plots: write PNGs.
+        trials: quasi-random trials per optimizer of :func:`optlab.bench.sweep.sweep`
+            (``None``: :data:`optlab.bench.registry.SWEEP_TRIALS`).
 
     Raises:
         BenchError: a bad field (the message names it and what it accepts).
@@ -174,6 +182,7 @@ class CompareConfig:
     data_dir: str | os.PathLike | None = None
     quiet: bool = False
     plots: bool = True
+    trials: int | None = None
 
     def __post_init__(self) -> None:
         tasks, optimizers = validate(self)
@@ -192,7 +201,8 @@ def validate(config: CompareConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
     from optlab.bench import registry  # the registry imports this module: import on use
 
-    tasks = split_names(config.tasks) or ()
+    # Old names (optlab.bench.tasks.TASK_ALIASES) run, and are recorded as, their new task.
+    tasks = tuple(canonical_task_name(t) for t in split_names(config.tasks) or ())
     if not tasks:
         raise BenchError("no task given")
     for name in tasks:
@@ -225,6 +235,7 @@ def validate(config: CompareConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
         ("epochs", config.epochs),
         ("steps", config.steps),
         ("batch-size", config.batch_size),
+        ("trials", config.trials),
     ):
         if value is not None:
             check_positive_int(flag, value)
@@ -292,13 +303,17 @@ def build(
     from optlab.bench import registry, runner
 
     try:
-        return registry.build_optimizer(
+        built = registry.build_optimizer(
             name,
             task.name,
             overrides,
             schedule=settings.schedule,
             total_steps=runner.total_steps(ds, settings),
         )
+        # K-FAC's curvature exists for some losses only: say so now, not after the other
+        # optimizers have trained.
+        runner.kfac_curvature_fn(task, built)
+        return built
     except BenchError:
         raise
     except KeyError as e:

@@ -181,6 +181,17 @@ def list_text() -> str:
                 lines.append(f"    {t:{width}s}  {hp}  ({src})")
     lines.append("  module:factory: any callable (**hyperparameters) -> optax transform")
     lines.append("")
+    lines.append(
+        f"tuning (optlab compare --sweep): {registry.SWEEP_TRIALS} quasi-random trials per "
+        "optimizer and task (scrambled Halton, seed 0) from one range per hyperparameter:"
+    )
+    for name, space in registry.SEARCH_SPACES.items():
+        ranges = "; ".join(f"{k} {r.scale} [{r.low:g}, {r.high:g}]" for k, r in space.items())
+        lines.append(f"  {name}: {ranges}")
+    lines.append("the commands behind the task defaults marked 'trials':")
+    for t, command in registry.SWEEP_COMMANDS.items():
+        lines.append(f"  {t:{width}s}  {command}")
+    lines.append("")
     lines.append("references:")
     lines.append(references.references_text())
     return "\n".join(lines)
@@ -236,6 +247,7 @@ def plot_task(out: Path, task: Task, results: Sequence[runner.RunResult]) -> lis
         f"{task.name}_test_acc_vs_time.png": plots.plot_accuracy_vs_time,
         f"{task.name}_train_loss.png": plots.plot_train_loss,
     }
+    title = plots.task_title(task.name, task.description)
     for name, fn in files.items():
-        fn(results, task.name, out / name)
+        fn(results, title, out / name)
     return list(files)

@@ -1,9 +1,16 @@
-"""``optlab compare --sweep``: the quick hyperparameter sweep behind the registry's defaults.
+"""``optlab compare --sweep``: the tuning behind the registry's defaults, the same for everyone.
 
-For every task and optimizer, :func:`sweep` trains once per grid point
-(:data:`optlab.bench.registry.SWEEP_GRIDS`, or the lists given as ``--hp opt.key=v1,v2``;
-scalar ``--hp`` values stay fixed) with the task's budget and one seed, and :func:`choose`
-picks a point:
+AlgoPerf's external-tuning rules (Dahl et al., "Benchmarking Neural Network Training
+Algorithms", 2023): every optimizer gets the same number of trials
+(:data:`~optlab.bench.registry.SWEEP_TRIALS`, 8) per task, drawn quasi-randomly from its own
+documented search space (:data:`~optlab.bench.registry.SEARCH_SPACES`: a log-uniform range
+per hyperparameter, the same for every task). The points are a scrambled Halton sequence
+(:func:`halton`, seed 0: reproducible) mapped onto the ranges and rounded to two significant
+digits (:func:`search_points`). ``--hp opt.key=LOW:HIGH`` replaces one range, a scalar
+``--hp`` fixes a value, and ``--hp opt.key=v1,v2`` sweeps an explicit grid instead (their
+product, all of it).
+
+Every point trains once with the task's budget and one seed, and :func:`choose` picks one:
 
 1. unstable runs (diverged, or ending more than :data:`SWEEP_UNSTABLE` below their own best
    test accuracy) are set aside unless every run is unstable: a default should not collapse
@@ -14,11 +21,14 @@ picks a point:
    about 0.3%);
 3. ties go to the lowest :func:`final_train_loss`, so that where accuracy cannot separate the
    points (the convex logistic task, whose accuracy depends only on the direction of w) the
-   better optimizer of the objective is chosen.
+   better optimizer of the objective is chosen; losses within :data:`SWEEP_LOSS_TIE` of the
+   lowest count as equal and go to the highest criterion (runs that all fit the training set
+   end at a loss near 0, where the smallest step would otherwise always win).
 
-The :class:`Choice` also flags what makes a choice provisional: a value at the edge of its
-grid (the best may lie outside: widen the grid) and a grid in which no value reaches the
-target. Both are printed and written to ``sweep.json`` in ``config.out``.
+The :class:`Choice` also flags what makes a choice provisional: a value at the edge of what
+was tried (the smallest or largest value of a key among the trials: the best may lie
+outside, so widen the range) and a sweep in which no trial reaches the target. Both are
+printed and written to ``sweep.json`` in ``config.out``, with the trials per optimizer.
 """
 
 from __future__ import annotations
@@ -40,10 +50,15 @@ from optlab.bench.tasks import get_task
 SWEEP_TIE = 0.005
 """Grid points whose criterion is within this of the best count as tied (test-set noise)."""
 
+SWEEP_LOSS_TIE = 1e-4
+"""Among tied points, final training losses within this of the lowest count as equal."""
+
 SWEEP_UNSTABLE = 0.02
 """A run that ends more than this below its own best test accuracy is unstable."""
 
 EDGE_NOTE = "chosen at the edge of its grid"
+"""The flag of a choice that is the smallest or largest value tried (the grid's edge, or the
+extreme trial of a quasi-random range)."""
 NO_TARGET_NOTE = "no value reaches the target"
 
 
@@ -136,7 +151,15 @@ def choose(
     crit = {i: sweep_criterion(results[i]) for i in pool}
     best = max(crit.values())
     tied = tuple(i for i in pool if crit[i] >= best - SWEEP_TIE)
-    index = min(tied, key=lambda i: (final_train_loss(results[i]), -crit[i]))
+    losses = {i: final_train_loss(results[i]) for i in tied}
+    lowest = min(losses.values())
+    # Training losses within SWEEP_LOSS_TIE of the lowest are equal too (runs that all fit
+    # the training set end near 0, where the smallest step would otherwise always win): among
+    # them the highest criterion wins.
+    index = max(
+        (i for i in tied if losses[i] <= lowest + SWEEP_LOSS_TIE),
+        key=lambda i: (crit[i], -losses[i]),
+    )
     return Choice(
         index=index,
         tied=tied,
@@ -146,20 +169,119 @@ def choose(
     )
 
 
-def grid(name: str, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Fixed overrides and the grid points for optimizer ``name``.
+# Bases of the Halton sequence's coordinates: the first primes (one per hyperparameter).
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
 
-    List values of ``overrides`` are the grid (their product); without any, the registry's
-    :data:`~optlab.bench.registry.SWEEP_GRIDS` entry; without that, one point (the defaults).
+
+def halton(num: int, dims: int, *, seed: int | None = 0) -> np.ndarray:
+    """The first ``num`` points of a ``dims``-dimensional scrambled Halton sequence in ``[0, 1)``.
+
+    Coordinate ``d`` is the radical inverse of the index ``i = 0, 1, ...`` in base ``p_d`` (the
+    ``d``-th prime): ``sum_j sigma_j(a_j(i)) p_d^-(j+1)`` over the base-``p_d`` digits ``a_j``
+    of ``i``, where ``sigma_j`` is a random permutation of the digits for each digit position
+    (drawn from ``seed``; the identity for ``seed=None``, the plain sequence, which starts
+    ``0, 1/2, 1/4, 3/4`` in base 2). Because each ``sigma_j`` is a bijection, the first
+    ``p_d^k`` points still put exactly one point in each interval ``[m / p_d^k, (m + 1) /
+    p_d^k)``, as the plain sequence does; the permutations break the plain sequence's
+    correlations between coordinates and its start at 0 (Braaten and Weller 1979; Owen,
+    "Randomized Halton sequences", 2017).
+
+    Raises:
+        ValueError: ``num < 1``, or ``dims`` outside ``[1, 12]``.
     """
-    fixed = {k: v for k, v in overrides.items() if not isinstance(v, list)}
+    if num < 1:
+        raise ValueError(f"num must be a positive integer, got {num}")
+    if not 1 <= dims <= len(_PRIMES):
+        raise ValueError(f"dims must be in [1, {len(_PRIMES)}], got {dims}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((num, dims))
+    for d, base in enumerate(_PRIMES[:dims]):
+        # Digits enough to number every index, plus 8 more (also permuted: a random position
+        # inside the finest interval, not its left end).
+        ndig = 1 + int(math.log(num, base)) + 8
+        perms = [
+            rng.permutation(base) if seed is not None else np.arange(base) for _ in range(ndig)
+        ]
+        for i in range(num):
+            x, scale, value = i, 1.0 / base, 0.0
+            for j in range(ndig):
+                x, digit = divmod(x, base)
+                value += perms[j][digit] * scale
+                scale /= base
+            out[i, d] = value
+    return out
+
+
+def _round2(x: float) -> float:
+    """``x`` rounded to two significant digits (readable values for tables and defaults)."""
+    return float(f"{x:.2g}")
+
+
+def search_points(
+    space: Mapping[str, registry.SearchRange], trials: int, *, seed: int = 0
+) -> list[dict[str, float]]:
+    """``trials`` points of ``space``: scrambled Halton, mapped to each range, two digits."""
+    keys = list(space)
+    if not keys:
+        return [{}]
+    u = halton(trials, len(keys), seed=seed)
+    points = []
+    for row in u:
+        point = {}
+        for key, ui in zip(keys, row):
+            r = space[key]
+            if r.scale == "log":
+                value = r.low * (r.high / r.low) ** ui
+            else:
+                value = r.low + (r.high - r.low) * ui
+            point[key] = _round2(value)
+        points.append(point)
+    return points
+
+
+def parse_range(key: str, text: str) -> registry.SearchRange:
+    """``"LOW:HIGH"`` (``--hp opt.key=LOW:HIGH``) as a log range; ``BenchError`` otherwise."""
+    lo, _, hi = text.partition(":")
+    try:
+        low, high = float(lo), float(hi)
+    except ValueError:
+        low = high = math.nan
+    if not (0 < low < high < math.inf):
+        raise cfg.BenchError(
+            f"--hp {key}={text!r}: a search range is LOW:HIGH with 0 < LOW < HIGH "
+            "(searched log-uniformly), e.g. 1e-4:1e-1"
+        )
+    return registry.SearchRange(low, high)
+
+
+def grid(
+    name: str, overrides: Mapping[str, Any], trials: int | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fixed overrides and the points to try for optimizer ``name``.
+
+    List values of ``overrides`` are an explicit grid (their product). Otherwise the points are
+    ``trials`` (default :data:`~optlab.bench.registry.SWEEP_TRIALS`) quasi-random draws from
+    the optimizer's :data:`~optlab.bench.registry.SEARCH_SPACES` entry, with any ``"LOW:HIGH"``
+    string value replacing (or adding) that key's range and scalar values fixed (their keys
+    leave the space). An optimizer with no space and no override gets one point (the defaults).
+    """
+    trials = registry.SWEEP_TRIALS if trials is None else trials
     lists = {k: v for k, v in overrides.items() if isinstance(v, list)}
-    if not lists:
-        lists = {k: list(v) for k, v in registry.SWEEP_GRIDS.get(name, {}).items()}
-    if not lists:
+    ranges = {k: parse_range(k, v) for k, v in overrides.items() if isinstance(v, str) and ":" in v}
+    fixed = {k: v for k, v in overrides.items() if k not in lists and k not in ranges}
+    if lists:
+        if ranges:
+            raise cfg.BenchError(
+                f"--hp for {name!r}: give either value lists (a grid) or LOW:HIGH ranges "
+                "(quasi-random trials), not both"
+            )
+        keys = list(lists)
+        return fixed, [dict(zip(keys, combo)) for combo in itertools.product(*lists.values())]
+    space = {k: v for k, v in registry.SEARCH_SPACES.get(name, {}).items() if k not in fixed}
+    space.update(ranges)
+    if not space:
         return fixed, [{}]
-    keys = list(lists)
-    return fixed, [dict(zip(keys, combo)) for combo in itertools.product(*lists.values())]
+    return fixed, search_points(space, trials)
 
 
 def _label(point: Mapping[str, Any]) -> str:
@@ -185,9 +307,35 @@ def _train(task, ds, built, settings, label: str, quiet: bool) -> runner.RunResu
             bar.close()
 
 
-def format_sweep(name: str, points: Sequence[Mapping[str, Any]], results, choice: Choice) -> str:
-    """One optimizer's grid: a line per point, ``*`` on the choice, then the flags."""
-    lines = [f"\n{name}:"]
+def _space_text(name: str, overrides: Mapping[str, Any], fixed: Mapping[str, Any]) -> str:
+    """What was searched, in words: the grid or the ranges, and the fixed values."""
+    lists = {k: v for k, v in overrides.items() if isinstance(v, list)}
+    if lists:
+        parts = [f"{k} in {{{', '.join(map(str, v))}}}" for k, v in lists.items()]
+        kind = "grid"
+    else:
+        space = {k: v for k, v in registry.SEARCH_SPACES.get(name, {}).items() if k not in fixed}
+        for k, v in overrides.items():
+            if isinstance(v, str) and ":" in v:
+                space[k] = parse_range(k, v)
+        parts = [f"{k} {r.scale}-uniform in [{r.low:g}, {r.high:g}]" for k, r in space.items()]
+        kind = "quasi-random (scrambled Halton)"
+    text = f"{kind}: {'; '.join(parts) or 'defaults only'}"
+    if fixed:
+        text += "; fixed " + " ".join(f"{k}={v}" for k, v in fixed.items())
+    return text
+
+
+def format_sweep(
+    name: str,
+    points: Sequence[Mapping[str, Any]],
+    results,
+    choice: Choice,
+    space: str | None = None,
+) -> str:
+    """One optimizer's trials: a line per point, ``*`` on the choice, then the flags."""
+    head = f"\n{name}: {len(points)} trials" + (f", {space}" if space else "")
+    lines = [head]
     for i, (point, r) in enumerate(zip(points, results)):
         mark = "*" if i == choice.index else " "
         lines.append(
@@ -201,10 +349,10 @@ def format_sweep(name: str, points: Sequence[Mapping[str, Any]], results, choice
 
 
 def sweep(config: CompareConfig, stream: TextIO | None = None) -> dict[str, Any]:
-    """``optlab compare --sweep``: a quick grid over each optimizer's hyperparameters.
+    """``optlab compare --sweep``: the same number of trials for every optimizer.
 
     Prints a table per task and optimizer and writes ``sweep.json`` to ``config.out``; see the
-    module docstring for the grids and the rule.
+    module docstring for the search spaces and the rule.
 
     Returns:
         The ``sweep.json`` payload.
@@ -222,9 +370,11 @@ def sweep(config: CompareConfig, stream: TextIO | None = None) -> dict[str, Any]
             "batch_size": config.batch_size,
             "schedule": config.schedule,
         },
+        "trials_per_optimizer": config.trials or registry.SWEEP_TRIALS,
         "criterion": "mean test accuracy over the run's evaluations, "
         f"among runs ending within {SWEEP_UNSTABLE} of their best; "
-        f"ties within {SWEEP_TIE} broken by the final training loss",
+        f"ties within {SWEEP_TIE} broken by the final training loss (within "
+        f"{SWEEP_LOSS_TIE}: by the criterion)",
         "tasks": {},
     }
     for task_name in config.tasks:
@@ -233,12 +383,20 @@ def sweep(config: CompareConfig, stream: TextIO | None = None) -> dict[str, Any]
         settings = cfg.run_settings(task, ds, config)
         # Build every grid point first: bad input fails before any training.
         jobs = {}
+        spaces = {}
         for name in config.optimizers:
-            fixed, points = grid(name, config.hparams.get(name, {}))
+            overrides = config.hparams.get(name, {})
+            fixed, points = grid(name, overrides, config.trials)
+            spaces[name] = _space_text(name, overrides, fixed)
             jobs[name] = [
                 (point, cfg.build(task, ds, settings, name, {**fixed, **point})) for point in points
             ]
         print("\n" + report.settings_line(task, ds, settings), file=stream)
+        print(
+            "  trials per optimizer: "
+            + ", ".join(f"{n} {len(entries)}" for n, entries in jobs.items()),
+            file=stream,
+        )
         task_payload = {}
         for name, entries in jobs.items():
             points = [point for point, _ in entries]
@@ -247,8 +405,12 @@ def sweep(config: CompareConfig, stream: TextIO | None = None) -> dict[str, Any]
                 for point, built in entries
             ]
             choice = choose(results, points)
-            print(format_sweep(name, points, results, choice), file=stream, flush=True)
+            print(
+                format_sweep(name, points, results, choice, spaces[name]), file=stream, flush=True
+            )
             task_payload[name] = {
+                "search": spaces[name],
+                "trials": len(points),
                 "chosen": points[choice.index],
                 "tied": [points[i] for i in choice.tied],
                 "unstable": [points[i] for i in choice.unstable],

@@ -11,13 +11,41 @@ task                     data + model                                     epochs
 ``digits-lenet5``        sklearn digits at 32x32 + LeNet-5 (the default)  12      100    0.95
 ``digits-mlp``           sklearn digits 8x8 + MLP (128, 128)              20      64     0.95
 ``logistic``             strongly convex logistic regression, m=200 (*)   20      20     0.77
-``zipf-lstm``            Zipf token tagging + LSTM tagger                 10      50     0.90
+``entity-lstm`` (**)     synthetic entity tagging + LSTM tagger           10      50     0.90
 ``modular-transformer``  x + y mod 97 (half for training) + Transformer   50      256    0.90
 ``mnist-lenet5``         MNIST (IDX files in ``--data-dir``) + LeNet-5    20      100    0.985
 ``cifar10-resnet18``     CIFAR-10 (binary, ``--data-dir``) + ResNet-18    20      100    0.75
+``conll-lstm``           CoNLL-2003 NER (``--data-dir``) + LSTM tagger    20      2      0.91
+``stdlib-lm``            stdlib sources, next byte + Transformer (***)    1       32     0.50
+``text-lm``              your text file (``--data-dir``), as stdlib-lm    1       32     0.50
 =======================  ===============================================  ======  =====  ======
 
 (*) The logistic regression of Merkulov, "Modern optimization methods" (n=10, mu=1).
+
+(**) :func:`optlab.data.make_entity_tagging`: BIO tags whose type depends on the sentence's
+first token or on the span's first token, Zipf-distributed names (most rare; those seen once
+in training, and those only the test split has, become one unknown token), triggers that
+announce an entity's type, and 5% label noise in both splits. The noise-free tags score 0.956
+on the noisy test tags; a tuned Adam ends near 0.91. It replaced ``zipf-lstm`` (tags
+``(c(x_t) + c(x_{t-1})) mod 5`` of Zipf tokens), on which every registered optimizer reached
+test accuracy 1.0; the old name still runs it (:data:`TASK_ALIASES`). Final test accuracy
+over seeds 0, 1, 2 with the registry's defaults (``optlab compare --task entity-lstm --seed S
+--optimizers O``; seed 0 is the sweep's own run, which a rerun reproduces exactly), mean and
+range: sam 0.9201 (0.0092), shampoo 0.9160 (0.0075), momentum 0.9116 (0.0031), sgd 0.9098
+(0.0028), adamw 0.9088 (0.0013), adam 0.9088 (0.0016), lion 0.9078 (0.0032), muon 0.9059
+(0.0055; on seed 0 it peaks at 0.918, then fits the noisy labels down to a training loss of
+0.05); soap and kfac not yet tuned there. SAM's lead over the last (0.0142) is 1.5x its
+own range and 3x its standard deviation (0.0047).
+``conll-lstm`` is Kuznetsova (2023) sec. 4.3: CoNLL-2003's English files
+(:func:`optlab.data.load_conll2003`), 20 epochs of 2-sentence batches, the thesis's
+time-to-accuracy target 0.91, accuracy per token (padding masked,
+:func:`masked_tagging_metrics`).
+
+(***) :func:`optlab.data.load_text`: byte tokens of 79 standard-library modules in a fixed
+order, 7 of them held out for testing (the same split on every machine with the same Python
+minor release), 64-byte windows, next-byte cross-entropy and accuracy per byte; a 2-layer,
+width-64 :class:`optlab.models.Transformer` (causal). ``text-lm`` is the same on a file the user
+brings. ``optlab lab clarifying-shampoo`` runs the token-efficiency study on the same data.
 
 The MNIST and CIFAR-10 budgets and targets are those of Kuznetsova (2023) (sec. 4.1, 4.2: 20
 epochs, batch 100, targets 0.985 and 0.75). The offline tasks' budgets are sized for a 2-core
@@ -51,7 +79,9 @@ zipf-lstm      sgd 2.03 / 1.99 / 1.88, adam 0.42 / 0.51 / 0.52  160, 40 (identic
 
 ``logistic`` (a whole run takes ~50 ms, the target falls within the first ~1 ms) and
 ``digits-mlp`` (~0.05 s to target; the same run's ratio to the fastest moved from 2 to 4)
-are profiled by steps; ``zipf-lstm`` (spread ~10%) and the larger tasks keep seconds.
+are profiled by steps; ``zipf-lstm`` (spread ~10%; its replacement ``entity-lstm`` has the
+same model, batch and budget and takes longer to its target) and the larger tasks keep
+seconds.
 
 The works cited are listed in full in :mod:`optlab.bench.references`.
 """
@@ -106,6 +136,10 @@ class Task:
             and scores: ``"seconds"`` (training clock, the default, as AlgoPerf) or
             ``"steps"`` (for tasks so small that their seconds measure timer noise; see the
             module docstring).
+        example_weight: optional ``(x, y) -> (B,)`` weights of the examples in the training
+            loss and the test means, e.g. the real tokens of each padded sentence
+            (:func:`padded_tag_count`), so that the loss and accuracy are per token; ``None``:
+            every example counts the same.
     """
 
     name: str
@@ -120,6 +154,7 @@ class Task:
     penalty: Callable[[nnx.Module], jax.Array] | None = None
     eval_every: int | None = None
     profile_by: Literal["seconds", "steps"] = "seconds"
+    example_weight: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
     def __post_init__(self) -> None:
         if self.profile_by not in PROFILE_MEASURES:
@@ -148,6 +183,29 @@ def tagging_metrics(model: nnx.Module, x: jax.Array, y: jax.Array):
     logits = model(x)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(-1)
     return loss, (jnp.argmax(logits, -1) == y).astype(jnp.float32).mean(-1)
+
+
+def masked_tagging_metrics(model: nnx.Module, x: jax.Array, y: jax.Array):
+    """Per-token cross-entropy and accuracy averaged over each sentence's real tokens.
+
+    For right-padded ``(B, T)`` sentences whose padding tags are negative
+    (:data:`optlab.data.conll.IGNORE_TAG`); with :func:`padded_tag_count` as the task's
+    :attr:`Task.example_weight`, the means are over tokens. A left-to-right LSTM's outputs at
+    real positions do not depend on the padding after them, so the model needs no lengths.
+    """
+    logits = model(x)
+    mask = (y >= 0).astype(logits.dtype)
+    safe = jnp.maximum(y, 0)
+    n = jnp.maximum(mask.sum(-1), 1.0)
+    loss = (optax.softmax_cross_entropy_with_integer_labels(logits, safe) * mask).sum(-1) / n
+    correct = ((jnp.argmax(logits, -1) == safe) * mask).sum(-1) / n
+    return loss, correct
+
+
+def padded_tag_count(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Real tokens per right-padded sentence (tags ``>= 0``), as float ``(B,)`` weights."""
+    del x
+    return (y >= 0).sum(-1).astype(jnp.float32)
 
 
 def last_token_metrics(model: nnx.Module, x: jax.Array, y: jax.Array):
@@ -191,6 +249,10 @@ def _mnist(data_dir: str | os.PathLike | None) -> data_lib.Dataset:
 
 def _cifar10(data_dir: str | os.PathLike | None) -> data_lib.Dataset:
     return data_lib.standardize(data_lib.load_cifar10(data_dir), per_channel=True)
+
+
+def _conll(data_dir: str | os.PathLike | None) -> data_lib.Dataset:
+    return data_lib.load_conll2003(data_dir)
 
 
 def _modular(data_dir: str | os.PathLike | None) -> data_lib.Dataset:
@@ -247,15 +309,19 @@ _TASK_LIST = [
         profile_by="steps",
     ),
     Task(
-        name="zipf-lstm",
-        description="LSTM tagger on Zipf-distributed token tagging (offline)",
-        load=lambda d: data_lib.make_zipf_tagging(seed=0),
+        name="entity-lstm",
+        description=(
+            "LSTM tagger on synthetic named-entity tagging: topic- and span-dependent tags, "
+            "rare and unseen names, 5% label noise (offline)"
+        ),
+        load=lambda d: data_lib.make_entity_tagging(seed=0),
         make_model=lambda ds, rngs: models.LSTMTagger(
             ds.info["vocab_size"], ds.num_classes, rngs=rngs
         ),
         metrics=tagging_metrics,
         epochs=10,
         batch_size=50,
+        # Tuned Adam ends near 0.91 (the noise-free tags score 0.956 on the noisy test tags).
         target=0.90,
     ),
     Task(
@@ -296,6 +362,89 @@ _TASK_LIST = [
     ),
 ]
 
+_TASK_LIST.append(
+    Task(
+        name="conll-lstm",
+        description=(
+            "LSTM tagger on CoNLL-2003 English NER, per-token accuracy (eng.train / eng.testb "
+            f"or train.txt / test.txt in --data-dir; {_THESIS} sec. 4.3)"
+        ),
+        load=_conll,
+        make_model=lambda ds, rngs: models.LSTMTagger(
+            ds.info["vocab_size"], ds.num_classes, rngs=rngs
+        ),
+        metrics=masked_tagging_metrics,
+        example_weight=padded_tag_count,
+        # The thesis's budget (20 epochs of 2-sentence batches) and its time-to-accuracy
+        # target (0.91).
+        epochs=20,
+        batch_size=2,
+        target=0.91,
+        needs_data_dir=True,
+    )
+)
+
+# Byte-level causal language modelling (optlab.data.text): next-byte cross-entropy and accuracy
+# per window. Sized for a 2-core CPU: a 2-layer, width-64 Transformer (137k parameters) over
+# 64-byte windows; one epoch of the standard-library corpus is ~39k windows (1,220 steps of 32).
+# Scale up with --epochs and --batch-size, or with `optlab lab clarifying-shampoo --d-model ...`.
+# Target 0.50 next-byte accuracy: `optlab compare --task stdlib-lm --optimizers adamw` (seed 0,
+# AdamW's generic lr 1e-3) ended the epoch at 0.551 and first reached 0.50 at step 800 of 1223.
+_LM_SEQ_LEN = 64
+
+
+def _stdlib_text(data_dir: str | os.PathLike | None) -> data_lib.Dataset:
+    del data_dir
+    return data_lib.load_text(seq_len=_LM_SEQ_LEN)
+
+
+def _text_file(data_dir: str | os.PathLike | None) -> data_lib.Dataset:
+    # --data-dir names the text file itself, or a directory holding input.txt (the file name
+    # of Karpathy's Tiny Shakespeare).
+    path = os.fspath(data_dir) if data_dir is not None else "input.txt"
+    if os.path.isdir(path):
+        path = os.path.join(path, "input.txt")
+    return data_lib.load_text(text_file=path, seq_len=_LM_SEQ_LEN)
+
+
+def _byte_lm(ds: data_lib.Dataset, rngs: nnx.Rngs) -> nnx.Module:
+    return models.Transformer(
+        ds.info["vocab_size"], d_model=64, num_heads=4, num_layers=2, max_len=_LM_SEQ_LEN, rngs=rngs
+    )
+
+
+_TASK_LIST += [
+    Task(
+        name="stdlib-lm",
+        description=(
+            "byte-level causal LM (2-layer Transformer, width 64) on the Python standard "
+            "library's sources, held-out files for testing (offline)"
+        ),
+        load=_stdlib_text,
+        make_model=_byte_lm,
+        metrics=tagging_metrics,
+        epochs=1,
+        batch_size=32,
+        target=0.50,
+        eval_every=100,
+    ),
+    Task(
+        name="text-lm",
+        description=(
+            "byte-level causal LM as stdlib-lm on your text (--data-dir FILE, or a directory "
+            "with input.txt such as Tiny Shakespeare; last 10% held out)"
+        ),
+        load=_text_file,
+        make_model=_byte_lm,
+        metrics=tagging_metrics,
+        epochs=1,
+        batch_size=32,
+        target=0.50,
+        eval_every=100,
+        needs_data_dir=True,
+    ),
+]
+
 TASKS: Mapping[str, Task] = MappingProxyType({t.name: t for t in _TASK_LIST})
 """Every task ``optlab compare`` knows, by name."""
 
@@ -303,10 +452,24 @@ DEFAULT_TASK = "digits-lenet5"
 """The task ``optlab compare`` runs when no ``--task`` is given."""
 
 
+TASK_ALIASES: Mapping[str, str] = MappingProxyType({"zipf-lstm": "entity-lstm"})
+"""Old task names that still work, and the task they now run.
+
+``zipf-lstm`` (tags ``(c(x_t) + c(x_{t-1})) mod 5`` of Zipf tokens) saturated: every registered
+optimizer reached test accuracy 1.0. ``entity-lstm`` replaced it, with the same model and
+budget.
+"""
+
+
+def canonical_task_name(name: str) -> str:
+    """``name``, or the task an old name (:data:`TASK_ALIASES`) now runs."""
+    return TASK_ALIASES.get(name, name)
+
+
 def get_task(name: str) -> Task:
-    """The task called ``name``; ``KeyError`` with the known names otherwise."""
+    """The task called ``name`` (or an alias of it); ``KeyError`` with the known names otherwise."""
     try:
-        return TASKS[name]
+        return TASKS[canonical_task_name(name)]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
 

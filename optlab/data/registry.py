@@ -8,9 +8,11 @@ from typing import Any
 
 from optlab.data.base import Dataset
 from optlab.data.cifar import load_cifar10
+from optlab.data.conll import load_conll2003
 from optlab.data.digits import load_digits, load_digits32
 from optlab.data.mnist import load_mnist
 from optlab.data.synthetic import (
+    make_entity_tagging,
     make_logistic_regression,
     make_modular_arithmetic,
     make_zipf_tagging,
@@ -21,11 +23,13 @@ _OFFLINE: dict[str, Callable[..., Dataset]] = {
     "digits32": load_digits32,
     "logistic": make_logistic_regression,
     "zipf_tagging": make_zipf_tagging,
+    "entity_tagging": make_entity_tagging,
     "modular": make_modular_arithmetic,
 }
 _FROM_FILES: dict[str, Callable[..., Dataset]] = {
     "mnist": load_mnist,
     "cifar10": load_cifar10,
+    "conll2003": load_conll2003,
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(_OFFLINE) + tuple(_FROM_FILES)

@@ -206,6 +206,185 @@ def make_zipf_tagging(
 
 
 # ---------------------------------------------------------------------------------------------
+# Synthetic named-entity tagging (context, rare and unseen tokens, label noise).
+# ---------------------------------------------------------------------------------------------
+
+ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG")
+"""Entity types of :func:`make_entity_tagging` (CoNLL-2003's, less MISC)."""
+
+ENTITY_TAGS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I"))
+"""Its tags, BIO (IOB2) scheme: tag id ``i`` is ``ENTITY_TAGS[i]``."""
+
+UNK = 0
+"""Token id of every token rarer than ``min_count`` in the training split (and unseen ones)."""
+
+
+def make_entity_tagging(
+    num_train: int = 2000,
+    num_test: int = 500,
+    *,
+    seq_len: int = 24,
+    num_words: int = 500,
+    num_names: int = 1000,
+    num_continuations: int = 20,
+    entity_prob: float = 0.3,
+    trigger_prob: float = 0.5,
+    ambiguous_fraction: float = 0.25,
+    label_noise: float = 0.05,
+    min_count: int = 2,
+    seed: int = 0,
+) -> Dataset:
+    r"""A synthetic named-entity tagging task that needs an LSTM's memory and does not saturate.
+
+    Sentences mimic CoNLL-2003 (Tjong Kim Sang and De Meulder 2003) in miniature. Each sentence
+    of ``seq_len`` tokens starts with a *topic* token (one of 3), then a chain of chunks: with
+    probability ``entity_prob`` an entity, else an ordinary word (one of ``num_words``, Zipf
+    distributed, tag ``O``). An entity is
+
+    * with probability ``trigger_prob``, a *trigger* word of its type first (two per type, like
+      "Mr." or "in"; tag ``O``),
+    * a *name* (one of ``num_names``, Zipf distributed, so most names are rare), tag ``B-T``,
+    * 0, 1 or 2 *continuation* tokens (a pool of ``num_continuations`` shared by all types,
+      like "Jr." or "Corp."), tag ``I-T``.
+
+    The type ``T`` of a name is fixed (drawn once), except for an ``ambiguous_fraction`` of
+    names whose type is ``(base(name) + topic) mod 3``: it depends on the sentence's first
+    token, up to ``seq_len - 1`` positions back. A continuation's tag repeats the type of its
+    span's name, 1 or 2 positions back. So a left-to-right tagger has to carry context (the
+    topic, the current span's type) in its state; a per-token classifier cannot tag
+    continuations or ambiguous names.
+
+    Vocabulary from the training split, as for real data: any token seen fewer than
+    ``min_count`` times there (in particular every name that only the test split contains)
+    becomes :data:`UNK` in both splits. Unknown names can then be tagged only from a trigger;
+    without one, an unknown token may be a rare word or a rare name of any type, which caps
+    the achievable accuracy below 1.
+
+    Label noise: each tag (both splits, as annotation errors would be) is replaced with
+    probability ``label_noise`` by a tag drawn uniformly from :data:`ENTITY_TAGS`, so even the
+    generating rule scores only about ``1 - label_noise (1 - 1/7)`` on the test split
+    (``info["rule_test_acc"]`` is the exact value on this draw).
+
+    Args:
+        num_train: number of training sentences.
+        num_test: number of test sentences.
+        seq_len: tokens per sentence (all sentences have this length; no padding).
+        num_words: ordinary words (Zipf exponent 1).
+        num_names: entity names (Zipf exponent 1).
+        num_continuations: continuation tokens.
+        entity_prob: probability that a chunk is an entity.
+        trigger_prob: probability that an entity is preceded by a trigger of its type.
+        ambiguous_fraction: share of names whose type depends on the topic.
+        label_noise: probability that a tag is replaced by a uniformly drawn one.
+        min_count: tokens seen fewer times in the training split become :data:`UNK`.
+        seed: seed of the generator.
+
+    Returns:
+        A :class:`Dataset` named ``"entity_tagging"``: ``int32`` tokens ``(N, seq_len)``,
+        ``int32`` tags ``(N, seq_len)`` (ids into :data:`ENTITY_TAGS`), ``num_classes=7``;
+        ``info`` holds ``vocab_size``, ``seq_len``, ``tags``, ``clean_test_tags`` (the tags
+        before noise), ``unk_test_fraction`` (share of test tokens that are :data:`UNK`),
+        ``rule_test_acc`` (accuracy of the noise-free tags on the noisy test tags), and the
+        rule itself: ``first_id`` (the first id of topics, triggers, continuations, words and
+        names; trigger ``first_id["trigger"] + 2 t + j`` announces type ``t``), ``name_type``
+        and ``name_ambiguous``.
+
+    Example::
+
+        ds = make_entity_tagging(seed=0)
+        model = LSTMTagger(ds.info["vocab_size"], ds.num_classes, rngs=nnx.Rngs(0))
+    """
+    if min(num_train, num_test, seq_len, num_words, num_names, num_continuations) < 1:
+        raise ValueError(
+            "num_train, num_test, seq_len, num_words, num_names and num_continuations must be "
+            "positive integers"
+        )
+    for name, p in (
+        ("entity_prob", entity_prob),
+        ("trigger_prob", trigger_prob),
+        ("ambiguous_fraction", ambiguous_fraction),
+        ("label_noise", label_noise),
+    ):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+    if min_count < 1:
+        raise ValueError(f"min_count must be an integer >= 1, got {min_count}")
+    n_types = len(ENTITY_TYPES)
+    # Token ids: UNK, topics, triggers (two per type), continuations, words, names.
+    topic0 = 1
+    trigger0 = topic0 + n_types
+    cont0 = trigger0 + 2 * n_types
+    word0 = cont0 + num_continuations
+    name0 = word0 + num_words
+    vocab_size = name0 + num_names
+
+    rng = np.random.default_rng(seed)
+    name_type = rng.integers(0, n_types, size=num_names)
+    ambiguous = rng.random(num_names) < ambiguous_fraction
+    word_p = zipf_probabilities(num_words)
+    name_p = zipf_probabilities(num_names)
+    n = num_train + num_test
+    tokens = np.empty((n, seq_len), np.int64)
+    tags = np.empty((n, seq_len), np.int64)
+    for i in range(n):
+        topic = int(rng.integers(n_types))
+        toks, tgs = [topic0 + topic], [0]
+        while len(toks) < seq_len:
+            if rng.random() >= entity_prob:
+                toks.append(word0 + int(rng.choice(num_words, p=word_p)))
+                tgs.append(0)
+                continue
+            name = int(rng.choice(num_names, p=name_p))
+            t = int((name_type[name] + topic) % n_types if ambiguous[name] else name_type[name])
+            if rng.random() < trigger_prob:
+                toks.append(trigger0 + 2 * t + int(rng.integers(2)))
+                tgs.append(0)
+            toks.append(name0 + name)
+            tgs.append(1 + 2 * t)  # B-T
+            for _ in range(int(rng.integers(3))):
+                toks.append(cont0 + int(rng.integers(num_continuations)))
+                tgs.append(2 + 2 * t)  # I-T
+        tokens[i], tags[i] = toks[:seq_len], tgs[:seq_len]
+
+    # Vocabulary from the training split: rarer tokens (and unseen ones) become UNK.
+    counts = np.bincount(tokens[:num_train].ravel(), minlength=vocab_size)
+    tokens = np.where(counts[tokens] >= min_count, tokens, UNK).astype(np.int32)
+    clean = tags.astype(np.int32)
+    noisy = rng.random(clean.shape) < label_noise
+    tags = np.where(noisy, rng.integers(0, len(ENTITY_TAGS), clean.shape), clean)
+    tags = tags.astype(np.int32)
+    info = {
+        "vocab_size": vocab_size,
+        "seq_len": seq_len,
+        "tags": ENTITY_TAGS,
+        "clean_test_tags": clean[num_train:],
+        "unk_test_fraction": float(np.mean(tokens[num_train:] == UNK)),
+        "rule_test_acc": float(np.mean(clean[num_train:] == tags[num_train:])),
+        "label_noise": float(label_noise),
+        # How the ids are laid out, and the names' types: the rule, for tests and analysis.
+        "first_id": {
+            "topic": topic0,
+            "trigger": trigger0,
+            "continuation": cont0,
+            "word": word0,
+            "name": name0,
+        },
+        "name_type": name_type.astype(np.int32),
+        "name_ambiguous": ambiguous,
+        "seed": seed,
+    }
+    return Dataset(
+        tokens[:num_train],
+        tags[:num_train],
+        tokens[num_train:],
+        tags[num_train:],
+        len(ENTITY_TAGS),
+        "entity_tagging",
+        frozen(info),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Modular arithmetic (grokking).
 # ---------------------------------------------------------------------------------------------
 

@@ -150,3 +150,43 @@ def test_module_factory(tmp_path, monkeypatch):
         resolve_optimizer("my_opts:NOT_CALLABLE")
     with pytest.raises(KeyError, match="no hyperparameter"):
         build_optimizer("my_opts:make", None, {"lr": 0.1})
+
+
+def test_trial_defaults_are_interior_trials():
+    # On the tasks tuned by quasi-random trials, every swept learning rate is one of the 8
+    # trials of its documented range (the registry's, or the range its command names) and
+    # neither the smallest nor the largest of them: no default sits at the edge of what was
+    # tried.
+    from optlab.bench.sweep import grid
+
+    ranges = {("logistic", "sam"): {"learning_rate": "1e-4:1"}}
+    checked = 0
+    for task in ("logistic", "entity-lstm"):
+        for opt, hp in registry.TASK_DEFAULTS[task].items():
+            if opt == "muon" and task == "logistic":
+                key, overrides = "adam_learning_rate", {"adam_learning_rate": "1e-4:0.1"}
+                overrides["learning_rate"] = 0.02
+            else:
+                key, overrides = "learning_rate", ranges.get((task, opt), {})
+            _, points = grid(opt, overrides)
+            tried = sorted(p[key] for p in points)
+            assert len(tried) == registry.SWEEP_TRIALS
+            assert hp[key] in tried[1:-1], (task, opt, hp[key], tried)
+            assert "trials" in registry.hparam_source(opt, task)
+            checked += 1
+    assert checked >= 12
+
+
+def test_every_edge_default_says_why():
+    from optlab.bench.report import list_text
+    from optlab.bench.sweep import EDGE_NOTE
+
+    for task, per_opt in registry.TASK_DEFAULTS.items():
+        for opt in per_opt:
+            source = registry.hparam_source(opt, task)
+            if EDGE_NOTE in source:
+                assert "no value reaches the target" in source and "provisional" in source
+    text = list_text()
+    assert "8 quasi-random trials per optimizer" in text
+    for task, command in registry.SWEEP_COMMANDS.items():
+        assert command in text and command.startswith(f"optlab compare --sweep --task {task}")

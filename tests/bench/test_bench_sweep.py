@@ -11,12 +11,14 @@ from optlab.bench.runner import RunResult
 from optlab.bench.sweep import (
     EDGE_NOTE,
     NO_TARGET_NOTE,
+    SWEEP_LOSS_TIE,
     SWEEP_TIE,
     SWEEP_UNSTABLE,
     choose,
     final_train_loss,
     grid,
     grid_edges,
+    halton,
     sweep,
     sweep_criterion,
 )
@@ -66,6 +68,21 @@ def test_ties_go_to_the_lowest_final_training_loss():
     choice = choose([a, b, c])
     assert choice.tied == (0, 1)
     assert choice.index == 1
+
+
+def test_training_losses_near_zero_tie_and_go_to_the_higher_criterion():
+    # Three tied runs (criteria 0.897, 0.900, 0.896) that all fit the training set: losses
+    # 1e-6, 3e-5 and 0.004. The first two are within SWEEP_LOSS_TIE = 1e-4 of each other, so
+    # the higher criterion (the second) wins, not the tinier loss; the third's loss is 0.004
+    # above the lowest, which still counts.
+    a = _run([0.884, 0.91], [0.5, 1e-6])
+    b = _run([0.89, 0.91], [0.5, 3e-5])
+    c = _run([0.882, 0.91], [0.5, 0.004])
+    assert SWEEP_LOSS_TIE == 1e-4
+    assert choose([a, b, c]).index == 1
+    # Losses further apart than SWEEP_LOSS_TIE still decide: the logistic task's rule.
+    d = _run([0.89, 0.91], [0.5, 2e-4])
+    assert choose([a, d]).index == 0
 
 
 def test_equal_losses_in_a_tie_go_to_the_higher_criterion():
@@ -130,7 +147,6 @@ def test_no_value_reaches_the_target():
 
 def test_notes_are_the_words_of_the_registry_sources():
     # The registry's per-task sources record the sweep's flags in the sweep's own words.
-    assert EDGE_NOTE in registry.hparam_source("sgd", "zipf-lstm")
     assert NO_TARGET_NOTE in registry.hparam_source("sgd", "modular-transformer")
 
 
@@ -145,9 +161,49 @@ def test_grid_from_overrides_and_registry():
     fixed, points = grid("sgd", {"learning_rate": [0.1, 0.01], "weight_decay": 1e-4})
     assert fixed == {"weight_decay": 1e-4}
     assert points == [{"learning_rate": 0.1}, {"learning_rate": 0.01}]
-    _, points = grid("adam", {})
-    assert points == [{"learning_rate": v} for v in registry.SWEEP_GRIDS["adam"]["learning_rate"]]
     assert grid("mypkg:make", {"lr": 0.1}) == ({"lr": 0.1}, [{}])
+    # No list: SWEEP_TRIALS quasi-random points of the registry's range, the same count for
+    # every optimizer.
+    counts = {name: len(grid(name, {})[1]) for name in registry.SEARCH_SPACES}
+    assert set(counts.values()) == {registry.SWEEP_TRIALS}
+    _, points = grid("adam", {})
+    lrs = np.array([p["learning_rate"] for p in points])
+    r = registry.SEARCH_SPACES["adam"]["learning_rate"]
+    # Log-uniform over [low, high] with 8 points in 8 equal strata of log(lr): one per stratum.
+    # Rounding to 2 significant digits moves a value by at most 0.5% (5e-3 relative), far less
+    # than the width of a stratum (a factor (high / low)^(1/8) = 2.37).
+    u = np.log(lrs / r.low) / np.log(r.high / r.low)
+    assert sorted(np.floor(u * 8).astype(int)) == list(range(8))
+    # A LOW:HIGH string replaces the range; a scalar fixes the key (no space left: one point).
+    _, points = grid("adam", {"learning_rate": "1e-3:1e-2"}, trials=4)
+    assert len(points) == 4 and all(1e-3 <= p["learning_rate"] <= 1e-2 for p in points)
+    assert grid("adam", {"learning_rate": 3e-3}) == ({"learning_rate": 3e-3}, [{}])
+    with pytest.raises(ValueError, match="LOW:HIGH with 0 < LOW < HIGH"):
+        grid("adam", {"learning_rate": "1e-2:1e-3"})
+    with pytest.raises(ValueError, match="not both"):
+        grid("sam", {"learning_rate": "1e-3:1e-2", "rho": [0.05, 0.1]})
+
+
+def test_halton_plain_and_scrambled():
+    # The plain sequence is the radical inverse of 0, 1, 2, ...: base 2 gives 0, 1/2, 1/4,
+    # 3/4, 1/8, 5/8; base 3 gives 0, 1/3, 2/3, 1/9, 4/9, 7/9 (exact binary fractions, and
+    # thirds and ninths to rounding).
+    plain = halton(6, 2, seed=None)
+    np.testing.assert_array_equal(plain[:, 0], [0, 1 / 2, 1 / 4, 3 / 4, 1 / 8, 5 / 8])
+    np.testing.assert_allclose(plain[:, 1], [0, 1 / 3, 2 / 3, 1 / 9, 4 / 9, 7 / 9], rtol=1e-15)
+    # Scrambled: the first base^k points of each coordinate still fall one in each of the
+    # base^k equal intervals (digit permutations are bijections), but not at the plain values.
+    u = halton(27, 3, seed=0)
+    assert sorted(np.floor(u[:16, 0] * 16).astype(int)) == list(range(16))
+    assert sorted(np.floor(u[:9, 1] * 9).astype(int)) == list(range(9))
+    assert sorted(np.floor(u[:25, 2] * 25).astype(int)) == list(range(25))
+    assert np.all((u >= 0) & (u < 1)) and not np.allclose(u[:6, :2], plain)
+    np.testing.assert_array_equal(u, halton(27, 3, seed=0))  # reproducible
+    assert not np.array_equal(u, halton(27, 3, seed=1))
+    with pytest.raises(ValueError, match="num must be a positive integer"):
+        halton(0, 1)
+    with pytest.raises(ValueError, match="dims must be in"):
+        halton(3, 13)
 
 
 def test_small_sweep_end_to_end(tmp_path):
@@ -188,6 +244,10 @@ def test_small_sweep_end_to_end(tmp_path):
     assert text.count(" * ") == 1 and " * learning_rate=0.1 " in text
     assert f"note: {EDGE_NOTE} (learning_rate)" in text and f"note: {NO_TARGET_NOTE}" in text
     assert "chosen (* above): sgd: learning_rate=0.1" in text
+    # The trials per optimizer are reported, with what was searched.
+    assert "trials per optimizer: sgd 2" in text
+    assert entry["trials"] == 2 and entry["search"].startswith("grid: learning_rate in {")
+    assert payload["trials_per_optimizer"] == registry.SWEEP_TRIALS
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["tasks"]["digits-mlp"]["sgd"]["chosen"] == {"learning_rate": 0.1}
     assert saved["tasks"]["digits-mlp"]["sgd"]["runs"][0]["criterion"] is None  # -inf

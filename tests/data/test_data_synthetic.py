@@ -9,15 +9,18 @@ import pytest
 
 from optlab.data import (
     DATASET_NAMES,
+    ENTITY_TAGS,
     MODULAR_OPS,
     load_dataset,
     logistic_regression_objective,
+    make_entity_tagging,
     make_logistic_regression,
     make_modular_arithmetic,
     make_zipf_tagging,
     solve_logistic_regression,
     zipf_probabilities,
 )
+from optlab.data.synthetic import UNK
 
 # --------------------------------------------------------------------------------------------
 # Logistic regression (seed 001).
@@ -156,3 +159,79 @@ def test_registry_builds_offline_tasks():
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="no data_dir"):
         load_dataset("logistic", data_dir=".")
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic named-entity tagging.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_entity_rule(tokens: np.ndarray, tags: np.ndarray, info) -> None:
+    """Every tag follows make_entity_tagging's documented rule (noise-free, no UNK)."""
+    first = info["first_id"]
+    b_tag = lambda t: 1 + 2 * t  # noqa: E731
+    for toks, tgs in zip(tokens, tags):
+        assert first["topic"] <= toks[0] < first["trigger"] and tgs[0] == 0
+        topic = toks[0] - first["topic"]
+        for i in range(1, len(toks)):
+            tok, tag = int(toks[i]), int(tgs[i])
+            if tok >= first["name"]:
+                name = tok - first["name"]
+                t = info["name_type"][name]
+                if info["name_ambiguous"][name]:
+                    t = (t + topic) % 3
+                assert tag == b_tag(t)
+                if first["trigger"] <= toks[i - 1] < first["continuation"]:
+                    assert (toks[i - 1] - first["trigger"]) // 2 == t  # the trigger's type
+            elif first["continuation"] <= tok < first["word"]:
+                assert tag % 2 == 0 and tag > 0  # I-T ...
+                assert tgs[i - 1] in (tag - 1, tag)  # ... inside a span of type T
+            else:
+                assert tag == 0  # words and triggers are O
+
+
+def test_entity_tagging_follows_its_rule():
+    ds = make_entity_tagging(num_train=300, num_test=100, label_noise=0.0, min_count=1, seed=3)
+    assert ds.x_train.shape == ds.y_train.shape == (300, 24) and ds.x_test.shape == (100, 24)
+    assert ds.x_train.dtype == ds.y_train.dtype == np.int32
+    assert ds.num_classes == len(ENTITY_TAGS) == 7 and ds.info["tags"] == ENTITY_TAGS
+    assert ds.x_train.max() < ds.info["vocab_size"]
+    # min_count 1: no training token is unknown; the test split's unknowns are exactly the
+    # tokens the training split never saw (names of the Zipf tail, mostly).
+    assert not np.any(ds.x_train == UNK)
+    _check_entity_rule(ds.x_train, ds.y_train, ds.info)
+    np.testing.assert_array_equal(ds.y_test, ds.info["clean_test_tags"])
+    assert ds.info["rule_test_acc"] == 1.0
+    # Deterministic for a seed; another seed draws other sentences.
+    again = make_entity_tagging(num_train=300, num_test=100, label_noise=0.0, min_count=1, seed=3)
+    np.testing.assert_array_equal(ds.x_test, again.x_test)
+    other = make_entity_tagging(num_train=300, num_test=100, label_noise=0.0, min_count=1)
+    assert not np.array_equal(ds.x_train, other.x_train)
+
+
+def test_entity_tagging_vocabulary_and_noise():
+    ds = make_entity_tagging(seed=0)  # the entity-lstm task's data
+    # Vocabulary from the training split: ids seen once there became UNK in both splits, so
+    # every remaining training id occurs at least twice.
+    counts = np.bincount(ds.x_train.ravel(), minlength=ds.info["vocab_size"])
+    assert np.all(counts[1:][counts[1:] > 0] >= 2)
+    assert counts[UNK] > 0 and 0 < ds.info["unk_test_fraction"] < 0.1
+    assert set(np.unique(ds.x_test)) <= set(np.flatnonzero(counts)) | {UNK}
+    # Label noise 0.05 replaces a tag by a uniform draw from 7, which changes it with
+    # probability 0.05 * 6/7 = 0.0429. Over the 12,000 test tags the observed share has
+    # standard deviation sqrt(p (1 - p) / 12000) = 0.0018: allow 4 of them.
+    p = 0.05 * 6 / 7
+    changed = np.mean(ds.y_test != ds.info["clean_test_tags"])
+    assert abs(changed - p) < 4 * np.sqrt(p * (1 - p) / ds.y_test.size)
+    assert ds.info["rule_test_acc"] == pytest.approx(1 - changed)
+    # A sizable share of tags are entities (the task is not mostly O).
+    assert 0.3 < np.mean(ds.info["clean_test_tags"] > 0) < 0.6
+
+
+def test_entity_tagging_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="label_noise must be a probability in"):
+        make_entity_tagging(label_noise=1.5)
+    with pytest.raises(ValueError, match="min_count must be an integer >= 1"):
+        make_entity_tagging(min_count=0)
+    with pytest.raises(ValueError, match="positive integers"):
+        make_entity_tagging(seq_len=0)
