@@ -11,10 +11,13 @@ Usage::
     optlab lab landscape                            # SGD vs SAM loss landscapes (digits MLP)
     optlab lab connect                              # mode connectivity between two SGD runs
     optlab lab grokking --optimizers adamw,muon     # x / y mod 97: time to grok
-    optlab lab double-descent                       # min-norm Legendre fits, with and without ridge
+    optlab lab double-descent                       # Legendre min-norm fits; MLP width sweep
     optlab lab rosenbrock                           # optax's methods' paths on Rosenbrock
     optlab lab sgd-noise                            # constant-step SGD's noise floor vs the step
     optlab lab init                                 # deep ReLU MLPs: He vs Glorot vs naive init
+    optlab lab imbalance                            # Zipf classes: SGD vs Adam per class decile
+    optlab compare --task stdlib-lm                 # byte-level LM on the stdlib's sources
+    optlab lab clarifying-shampoo                   # AdamW/Muon/Shampoo/SOAP token efficiency
 
 Bad input prints one line, ``optlab compare: error: ...``, on stderr and exits with status 2
 (no traceback); an interrupted run exits with 130. The parser only turns strings into numbers:

@@ -10,14 +10,22 @@
   experiments (grokking on modular division, polynomial double descent, optax's methods on
   Rosenbrock, SGD's noise floor, He vs Glorot initialization); ``optlab lab grokking`` /
   ``double-descent`` / ``rosenbrock`` / ``sgd-noise`` / ``init``.
+* :mod:`optlab.lab.imbalance`: heavy-tailed (Zipf) class imbalance, mini-batch SGD vs Adam
+  per decile of classes (Kunstner et al. 2024); ``optlab lab imbalance``.
+* :mod:`optlab.lab.clarifying_shampoo`: the claims of Eschenhagen et al., "Clarifying
+  Shampoo", measured on a byte-level LM (token efficiency of AdamW, Muon, Shampoo and SOAP
+  with the same tuning, the matrices-vs-rest ablation, semi-orthogonality of the updates);
+  ``optlab lab clarifying-shampoo``.
 
 Lab tools may depend on optlab's transforms, models and data; transforms never import lab.
 """
 
 from optlab.lab import (
+    clarifying_shampoo,
     connect,
     double_descent,
     grokking,
+    imbalance,
     init,
     landscape,
     rosenbrock,
@@ -36,9 +44,11 @@ from optlab.lab.sharpness import (
 __all__ = [
     "HessianEigen",
     "TraceEstimate",
+    "clarifying_shampoo",
     "connect",
     "double_descent",
     "grokking",
+    "imbalance",
     "init",
     "hessian_eigenvalues_lanczos",
     "hessian_eigenvalues_power",

@@ -228,6 +228,10 @@ def add_parser(sub: Any, integer: Callable[[str], int], number: Callable[[str], 
     from optlab.lab import _cli_dynamics
 
     _cli_dynamics.add_parsers(lab_sub, integer, number)
+    # The study of "Clarifying Shampoo" (optimizers on a small byte-level LM) has its own module.
+    from optlab.lab import _cli_study
+
+    _cli_study.add_parsers(lab_sub, integer, number)
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -771,8 +775,11 @@ def run_connect(args: argparse.Namespace, stream: Any = None) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Run ``optlab lab <command>``; bad input: one line on stderr, status 2."""
     from optlab.lab._cli_dynamics import RUNNERS
+    from optlab.lab._cli_study import RUNNERS as STUDY_RUNNERS
 
-    run = {"landscape": run_landscape, "connect": run_connect, **RUNNERS}[args.lab_command]
+    run = {"landscape": run_landscape, "connect": run_connect, **RUNNERS, **STUDY_RUNNERS}[
+        args.lab_command
+    ]
     try:
         run(args)
     except LabError as e:

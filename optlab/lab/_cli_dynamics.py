@@ -4,10 +4,12 @@ Usage::
 
     optlab lab grokking                              # x / y mod 97, full-batch AdamW, wd 1
     optlab lab grokking --optimizers adamw,muon,shampoo --seeds 3
-    optlab lab double-descent                        # Legendre min-norm least squares
+    optlab lab double-descent                        # Legendre min-norm; MLP width sweep
+    optlab lab double-descent --mlp-long             # the longer MLP setting
     optlab lab rosenbrock                            # optax's methods on Rosenbrock's valley
     optlab lab sgd-noise                             # constant-step SGD's noise floor
     optlab lab init                                  # deep ReLU MLPs: He vs Glorot vs naive
+    optlab lab imbalance                             # Zipf classes: SGD vs Adam per decile
 
 Same conventions as ``optlab lab landscape``: offline, ``--seed``, ``--out``, ``--quiet``,
 ``--no-plots``, tqdm progress bars, ``<experiment>.json`` (every number, the settings, wall and
@@ -55,6 +57,38 @@ DOUBLE_DESCENT_DEFAULTS = {
     "ridge": 0.1,
     "trials": 20,
     "design": "equispaced",
+}
+
+# Part (b), the MLP width sweep: the quick default (about 40 s of CPU) and the longer setting
+# of --mlp-long (3 trials, twice the training, widths to 512: about 4x the CPU).
+MLP_QUICK = {
+    "mlp_train": 500,
+    "mlp_noise": 0.2,
+    "mlp_steps": 2000,
+    "mlp_trials": 2,
+    "mlp_lr": 3e-3,
+    "mlp_widths": "1,2,3,4,6,8,11,16,23,32,45,64,91,128,181,256",
+}
+MLP_LONG = {
+    **MLP_QUICK,
+    "mlp_steps": 4000,
+    "mlp_trials": 3,
+    "mlp_widths": "1,2,3,4,6,8,11,16,23,32,45,64,91,128,181,256,362,512",
+}
+
+IMBALANCE_DEFAULTS = {
+    "classes": 1000,
+    "samples": 10000,
+    "dim": 128,
+    "exponent": 1.0,
+    "steps": 2000,
+    "batch_size": 128,
+    "eval_every": 100,
+    "momentum": 0.9,
+    # The same sweep for both: five rates, factors of ~3 from a tenth to ten times a center
+    # (10 for SGD, 0.1 for Adam); a best rate on an edge of its sweep is reported.
+    "sgd_lrs": "1,3,10,30,100",
+    "adam_lrs": "0.01,0.03,0.1,0.3,1",
 }
 
 ROSENBROCK_DEFAULTS = {
@@ -148,11 +182,14 @@ def add_parsers(
     d = DOUBLE_DESCENT_DEFAULTS
     p = lab_sub.add_parser(
         "double-descent",
-        help="double descent: Legendre features, min-norm least squares, with and without ridge",
+        help="double descent: Legendre min-norm least squares (with and without ridge), and "
+        "an MLP width sweep on the digits with label noise",
         description=(
             "Fit n noisy samples of atan(2t) with Legendre features of degree 0 .. "
             "--max-degree by minimum-norm least squares (and by ridge): the test error peaks "
-            "where the number of features equals n and falls again past it."
+            "where the number of features equals n and falls again past it. Then (b) train "
+            "one-hidden-layer MLPs of each --mlp-widths on the digits with --mlp-noise label "
+            "noise: the test error peaks near the width that just fits the noisy labels."
         ),
     )
     _common(p, integer, "runs/lab_double_descent")
@@ -182,6 +219,51 @@ def add_parsers(
         default=d["design"],
         choices=("equispaced", "uniform", "chebyshev"),
         help="training points (default: %(default)s)",
+    )
+    q = MLP_QUICK
+    p.add_argument(
+        "--no-mlp",
+        action="store_true",
+        help="skip part (b), the MLP width sweep on the digits",
+    )
+    p.add_argument(
+        "--mlp-long",
+        action="store_true",
+        help="part (b)'s longer setting: 3 trials, 4000 Adam steps, widths to 512 (each "
+        "--mlp-* option given still wins)",
+    )
+    p.add_argument(
+        "--mlp-train",
+        type=integer,
+        default=None,
+        help=f"MLP training samples, the rest of the 1797 digits test (default: {q['mlp_train']})",
+    )
+    p.add_argument(
+        "--mlp-noise",
+        type=number,
+        default=None,
+        help=f"fraction of training labels changed (default: {q['mlp_noise']})",
+    )
+    p.add_argument(
+        "--mlp-steps",
+        type=integer,
+        default=None,
+        help=f"full-batch Adam steps per width (default: {q['mlp_steps']})",
+    )
+    p.add_argument(
+        "--mlp-trials",
+        type=integer,
+        default=None,
+        help=f"splits / noise draws / initializations averaged (default: {q['mlp_trials']})",
+    )
+    p.add_argument(
+        "--mlp-lr", type=number, default=None, help=f"Adam's rate (default: {q['mlp_lr']})"
+    )
+    p.add_argument(
+        "--mlp-widths",
+        default=None,
+        metavar="W[,W]",
+        help=f"hidden widths (default: {q['mlp_widths']})",
     )
 
     d = ROSENBROCK_DEFAULTS
@@ -260,6 +342,70 @@ def add_parsers(
     p.add_argument("--steps", type=integer, default=600, help="SGD steps (default: 600)")
     p.add_argument("--lr", type=number, default=0.003, help="learning rate (default: 0.003)")
     p.add_argument("--batch-size", type=integer, default=128, help="batch (default: 128)")
+
+    d = IMBALANCE_DEFAULTS
+    p = lab_sub.add_parser(
+        "imbalance",
+        help="Zipf-distributed classes: mini-batch SGD lags on rare classes, Adam does not",
+        description=(
+            "A linear softmax model on --classes Zipf-distributed classes (pi_k ~ 1/k^s) with "
+            "random inputs (Kunstner et al. 2024), trained with mini-batch SGD (momentum) and "
+            "Adam, each over its own learning-rate sweep of the same shape; the best rate of "
+            "each by final training loss; training loss per decile of classes vs steps."
+        ),
+    )
+    _common(p, integer, "runs/lab_imbalance")
+    p.add_argument(
+        "--classes", type=integer, default=d["classes"], help="classes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--samples",
+        type=integer,
+        default=d["samples"],
+        help="training samples, labels drawn from the Zipf law (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dim", type=integer, default=d["dim"], help="input dimension (default: %(default)s)"
+    )
+    p.add_argument(
+        "--exponent",
+        type=number,
+        default=d["exponent"],
+        help="Zipf exponent s, pi_k ~ 1/k^s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps", type=integer, default=d["steps"], help="steps per run (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=integer,
+        default=d["batch_size"],
+        help="mini-batch size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=integer,
+        default=d["eval_every"],
+        help="steps between full training-set evaluations, divides --steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=number,
+        default=d["momentum"],
+        help="SGD heavy-ball momentum, 0 for none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sgd-lrs",
+        default=d["sgd_lrs"],
+        metavar="LR[,LR]",
+        help="SGD's learning-rate sweep (default: %(default)s)",
+    )
+    p.add_argument(
+        "--adam-lrs",
+        default=d["adam_lrs"],
+        metavar="LR[,LR]",
+        help="Adam's learning-rate sweep (default: %(default)s)",
+    )
 
 
 def _out_dir(args: argparse.Namespace) -> Any:
@@ -427,8 +573,10 @@ def run_grokking(args: argparse.Namespace, stream: Any = None) -> dict[str, Any]
 # -- double descent ----------------------------------------------------------------------------
 
 
-def check_double_descent(args: argparse.Namespace) -> None:
-    """Every range of ``optlab lab double-descent``'s arguments (:class:`LabError`)."""
+def check_double_descent(args: argparse.Namespace) -> list[int] | None:
+    """Every range of ``optlab lab double-descent``'s arguments (:class:`LabError`); fills in
+    the MLP options left out from the quick or long preset; returns the MLP widths (None with
+    ``--no-mlp``)."""
     _check_seed(args)
     _positive_int(args, "n_train", 2)
     if args.max_degree < args.n_train or args.max_degree > 2000:
@@ -439,11 +587,39 @@ def check_double_descent(args: argparse.Namespace) -> None:
     _real(args, "noise", 0.0, open_low=False)
     _real(args, "ridge", 0.0, open_low=True)
     _positive_int(args, "trials")
+    if args.no_mlp:
+        return None
+    preset = MLP_LONG if args.mlp_long else MLP_QUICK
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    _positive_int(args, "mlp_train", 10)
+    if args.mlp_train > 1697:
+        raise LabError(
+            f"--mlp-train must be an integer in [10, 1697] (at least 100 of the 1797 digits are "
+            f"left to test), got {args.mlp_train}"
+        )
+    _real(args, "mlp_noise", 0.0, open_low=False, high=0.9)
+    _positive_int(args, "mlp_steps")
+    _positive_int(args, "mlp_trials")
+    if args.mlp_trials > 20:
+        raise LabError(f"--mlp-trials must be an integer in [1, 20], got {args.mlp_trials}")
+    _real(args, "mlp_lr", 0.0, open_low=True)
+    try:
+        widths = [int(v) for v in args.mlp_widths.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or any(w < 1 or w > 4096 for w in widths) or len(set(widths)) != len(widths):
+        raise LabError(
+            "--mlp-widths must be distinct integers in [1, 4096] separated by commas, got "
+            f"{args.mlp_widths!r}"
+        )
+    return sorted(widths)
 
 
 def run_double_descent(args: argparse.Namespace, stream: Any = None) -> dict[str, Any]:
     """``optlab lab double-descent``; returns the JSON payload (also written to ``--out``)."""
-    check_double_descent(args)
+    widths = check_double_descent(args)
     stream = sys.stdout if stream is None else stream
     clock = _Clock()
     out = _out_dir(args)
@@ -469,12 +645,32 @@ def run_double_descent(args: argparse.Namespace, stream: Any = None) -> dict[str
     finally:
         _close(bar)
     clock.phase("sweep")
+    mlp = None
+    if widths is not None:
+        bar = _bar("MLP widths", len(widths), args.quiet)
+        try:
+            mlp = dd.width_sweep(
+                widths,
+                n_train=args.mlp_train,
+                noise=args.mlp_noise,
+                steps=args.mlp_steps,
+                trials=args.mlp_trials,
+                seed=args.seed,
+                learning_rate=args.mlp_lr,
+                progress=bar,
+            )
+        finally:
+            _close(bar)
+        clock.phase("mlp_width_sweep")
     plots = []
     if not args.no_plots:
         from optlab.lab import _plots
 
         _plots.plot_double_descent(sweeps, out / "double_descent.png")
         plots.append("double_descent.png")
+        if mlp is not None:
+            dd.plot_width_sweep(mlp, out / "double_descent_mlp.png")
+            plots.append("double_descent_mlp.png")
     ratios = {k: dd.peak_ratio(s) for k, s in sweeps.items()}
     payload: dict[str, Any] = {
         "command": "optlab lab double-descent",
@@ -492,12 +688,30 @@ def run_double_descent(args: argparse.Namespace, stream: Any = None) -> dict[str
             }
             for k, s in sweeps.items()
         },
+        "mlp": None
+        if mlp is None
+        else {
+            "n_train": mlp.n_train,
+            "noise": mlp.noise,
+            "widths": mlp.widths,
+            "params": mlp.params,
+            "params_equal_n_times_classes_at_width": dd.threshold_width(mlp.n_train),
+            "train_error": mlp.train_error,
+            "test_error": mlp.test_error,
+            "train_loss": mlp.train_loss,
+            "test_loss": mlp.test_loss,
+            "test_error_trials": mlp.test_error_trials,
+            "train_error_trials": mlp.train_error_trials,
+            "peak": mlp.peak(),
+        },
         "plots": plots,
         "references": [
             'Belkin, Hsu, Ma, Mandal, "Reconciling modern machine-learning practice and the '
             'classical bias-variance trade-off", PNAS 2019',
             'Nakkiran, Venkat, Kakade, Ma, "Optimal Regularization Can Mitigate Double '
             'Descent", ICLR 2021',
+            'Nakkiran, Kaplun, Bansal, Yang, Barak, Sutskever, "Deep Double Descent: Where '
+            'Bigger Models and More Data Hurt", ICLR 2020',
         ],
     }
     thr = args.n_train - 1
@@ -514,6 +728,23 @@ def run_double_descent(args: argparse.Namespace, stream: Any = None) -> dict[str
             f"{s.test_mse[d > thr].min():10.4g}",
             file=stream,
         )
+    if mlp is not None:
+        print(
+            f"\nMLP 64-w-10 on the digits: {mlp.n_train} training samples, "
+            f"{100 * mlp.noise:g}% of their labels changed, full-batch Adam lr {args.mlp_lr:g} for "
+            f"{args.mlp_steps} steps, mean of {args.mlp_trials} trials",
+            file=stream,
+        )
+        print(
+            f"{'width':>6s} {'params':>7s} {'train err':>9s} {'test err':>9s} {'test loss':>9s}",
+            file=stream,
+        )
+        for k in range(len(mlp.widths)):
+            print(
+                f"{mlp.widths[k]:6d} {mlp.params[k]:7d} {mlp.train_error[k]:9.3f} "
+                f"{mlp.test_error[k]:9.3f} {mlp.test_loss[k]:9.3g}",
+                file=stream,
+            )
     _finish(payload, clock, out, "double_descent", stream)
     mn, rg = ratios["min-norm"], ratios[f"ridge {args.ridge:g}"]
     print(
@@ -521,7 +752,38 @@ def run_double_descent(args: argparse.Namespace, stream: Any = None) -> dict[str
         f"{mn[0]:.3g}, {mn[1]:.3g}; ridge {args.ridge:g}: {rg[0]:.3g}, {rg[1]:.3g}",
         file=stream,
     )
+    if mlp is not None:
+        print(_mlp_line(mlp), file=stream)
     return payload
+
+
+def _mlp_line(mlp: Any) -> str:
+    """Part (b)'s closing line: the test-error peak next to the interpolation width."""
+    import numpy as np
+
+    from optlab.lab import double_descent as dd
+
+    pk = mlp.peak()
+    nk = (
+        f"n K = {mlp.n_train * dd.DIGITS_CLASSES} parameters at width "
+        f"{dd.threshold_width(mlp.n_train):.0f}"
+    )
+    if pk["interpolation_width"] is None:
+        return (
+            f"MLP: no width fits the noisy training labels (best train error "
+            f"{np.min(mlp.train_error):.3f}): no interpolation threshold in the sweep ({nk})"
+        )
+    head = (
+        f"MLP test error: {pk['peak_test_error']:.3f} at width {pk['peak_width']} next to the "
+        f"interpolation width {pk['interpolation_width']} ({nk})"
+    )
+    if pk["best_below"] is None or pk["best_above"] is None:
+        return head + "; the sweep has no widths on both sides of it: peak not assessed"
+    return (
+        f"{head}; best below {pk['best_below']:.3f} (width {pk['best_below_width']}), best "
+        f"above {pk['best_above']:.3f} (width {pk['best_above_width']}): "
+        + ("the peak shows" if pk["shows"] else "no peak")
+    )
 
 
 # -- rosenbrock --------------------------------------------------------------------------------
@@ -847,10 +1109,174 @@ def run_init(args: argparse.Namespace, stream: Any = None) -> dict[str, Any]:
     return payload
 
 
+# -- imbalance ---------------------------------------------------------------------------------
+
+
+def _rates(text: str, flag: str) -> list[float]:
+    import math
+
+    try:
+        rates = [float(v) for v in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+        raise LabError(f"{flag} must be positive numbers separated by commas, got {text!r}")
+    if len(set(rates)) != len(rates):
+        raise LabError(f"a rate is listed twice in {flag}: {text}")
+    return rates
+
+
+def check_imbalance(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Every range of ``optlab lab imbalance``'s arguments; returns each optimizer's rates."""
+    _check_seed(args)
+    _positive_int(args, "classes", 10)
+    if args.classes > 100_000:
+        raise LabError(f"--classes must be an integer in [10, 100000], got {args.classes}")
+    _positive_int(args, "samples", args.classes)
+    _positive_int(args, "dim")
+    _real(args, "exponent", 0.0, open_low=False, high=10.0)
+    _positive_int(args, "steps")
+    _positive_int(args, "eval_every")
+    if args.steps % args.eval_every:
+        raise LabError(
+            f"--eval-every must divide --steps, got --steps {args.steps}, "
+            f"--eval-every {args.eval_every}"
+        )
+    _positive_int(args, "batch_size")
+    if args.batch_size > args.samples:
+        raise LabError(
+            f"--batch-size must be in [1, --samples = {args.samples}], got {args.batch_size}"
+        )
+    _real(args, "momentum", 0.0, open_low=False, high=0.999)
+    return {
+        "sgd": _rates(args.sgd_lrs, "--sgd-lrs"),
+        "adam": _rates(args.adam_lrs, "--adam-lrs"),
+    }
+
+
+def run_imbalance(args: argparse.Namespace, stream: Any = None) -> dict[str, Any]:
+    """``optlab lab imbalance``; returns the JSON payload (also written to ``--out``)."""
+    sweeps = check_imbalance(args)
+    stream = sys.stdout if stream is None else stream
+    clock = _Clock()
+    out = _out_dir(args)
+
+    import numpy as np
+
+    from optlab.lab import imbalance as im
+
+    prob = im.make_problem(
+        num_classes=args.classes,
+        num_samples=args.samples,
+        dim=args.dim,
+        exponent=args.exponent,
+        seed=args.seed,
+    )
+    clock.phase("data")
+    runs: dict[str, Any] = {}
+    bar = _bar("imbalance", len(sweeps), args.quiet)
+    try:
+        for name, lrs in sweeps.items():
+            runs[name] = im.train(
+                prob,
+                name,
+                lrs,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                eval_every=args.eval_every,
+                momentum=args.momentum,
+                seed=args.seed,
+            )
+            if bar is not None:
+                bar.set_postfix_str(name)
+                bar.update(1)
+            clock.phase(f"train_{name}")
+    finally:
+        _close(bar)
+    plots = []
+    if not args.no_plots:
+        im.plot(prob, runs, out / "imbalance.png")
+        plots.append("imbalance.png")
+    nb = prob.num_buckets
+    counts = prob.bucket_counts()
+    best = {n: im.best_index(r) for n, r in runs.items()}
+    final = {n: r.bucket_loss[best[n], -1] for n, r in runs.items()}
+    edges = [n for n, r in runs.items() if im.on_edge(r)]
+    lo, hi = (nb - 1) * args.classes // nb + 1, args.classes
+    payload: dict[str, Any] = {
+        "command": "optlab lab imbalance",
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "bucket_classes": [
+            [b * args.classes // nb + 1, (b + 1) * args.classes // nb] for b in range(nb)
+        ],
+        "bucket_samples": counts,
+        "bucket_frequency": [float(prob.frequencies[prob.buckets == b].sum()) for b in range(nb)],
+        "steps": runs["sgd"].steps,
+        "runs": {
+            n: {
+                "learning_rates": r.learning_rates,
+                "final_loss": r.loss[:, -1],
+                "final_bucket_loss": r.bucket_loss[:, -1],
+                "best_lr": float(r.learning_rates[best[n]]),
+                "best_on_sweep_edge": n in edges,
+                "loss": r.loss[best[n]],
+                "bucket_loss": r.bucket_loss[best[n]],
+            }
+            for n, r in runs.items()
+        },
+        "rarest_bucket_ratio_sgd_over_adam": float(final["sgd"][-1] / final["adam"][-1]),
+        "plots": plots,
+        "references": [
+            'Kunstner, Yadav, Milligan, Schmidt, Bietti, "Heavy-Tailed Class Imbalance and Why '
+            'Adam Outperforms Gradient Descent on Language Models", NeurIPS 2024',
+            'Merkulov, "Modern optimization methods for training neural networks", lecture',
+        ],
+    }
+    print(
+        f"\nlinear softmax, {args.classes} Zipf classes (s = {args.exponent:g}), {args.samples} "
+        f"samples, inputs N(0, I/{args.dim}); {args.steps} steps of batch {args.batch_size}; "
+        "final training loss per decile of classes (log c = "
+        f"{np.log(args.classes):.2f} at the start)",
+        file=stream,
+    )
+    print(
+        f"{'decile':>6s} {'classes':>11s} {'samples':>7s} "
+        + " ".join(f"{f'{n} lr {runs[n].learning_rates[best[n]]:g}':>13s}" for n in runs),
+        file=stream,
+    )
+    for b in range(nb):
+        cl = payload["bucket_classes"][b]
+        print(
+            f"{b + 1:6d} {f'{cl[0]}-{cl[1]}':>11s} {counts[b]:7d} "
+            + " ".join(f"{final[n][b]:13.3g}" for n in runs),
+            file=stream,
+        )
+    print(
+        f"{'all':>6s} {'':>11s} {args.samples:7d} "
+        + " ".join(f"{r.loss[best[n], -1]:13.3g}" for n, r in runs.items()),
+        file=stream,
+    )
+    if edges:
+        print(
+            f"note: the best rate of {', '.join(edges)} is on an edge of its sweep; widen it",
+            file=stream,
+        )
+    _finish(payload, clock, out, "imbalance", stream)
+    s, a = final["sgd"][-1], final["adam"][-1]
+    print(
+        f"final training loss on the rarest decile (classes {lo}-{hi}, {counts[-1]} samples): "
+        f"SGD {s:.3g}, Adam {a:.3g} (SGD / Adam = {s / a:.3g}); all classes: SGD "
+        f"{runs['sgd'].loss[best['sgd'], -1]:.3g}, Adam {runs['adam'].loss[best['adam'], -1]:.3g}",
+        file=stream,
+    )
+    return payload
+
+
 RUNNERS = {
     "init": run_init,
     "sgd-noise": run_sgd_noise,
     "grokking": run_grokking,
     "double-descent": run_double_descent,
     "rosenbrock": run_rosenbrock,
+    "imbalance": run_imbalance,
 }

@@ -212,7 +212,7 @@ def hessian_eigenvalues_power(
 
     For each pair i = 1..k: start from a random unit v orthogonal to the pairs found,
     iterate v <- P H v / ||P H v|| (P = I - V V^T), lambda = v^T P H v, until
-    ||P H v - lambda v|| <= tol |lambda| or ``max_iters`` products (PyHessian's defaults:
+    ``||P H v - lambda v|| <= tol |lambda|`` or ``max_iters`` products (PyHessian's defaults:
     100 iterations, tolerance 1e-3). Near a minimum the top of the spectrum is positive and
     dominates, so eigenvalues[0] is the sharpness lambda_max; with a large negative
     eigenvalue, power iteration returns that one first (use Lanczos for the top algebraic).
