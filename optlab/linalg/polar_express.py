@@ -82,7 +82,7 @@ class PolarExpressStep(NamedTuple):
 
     @property
     def error(self) -> float:
-        """max |1 - sigma| over the guaranteed output interval."""
+        """max ``|1 - sigma|`` over the guaranteed output interval."""
         return max(1.0 - self.out_lower, self.out_upper - 1.0)
 
 
