@@ -920,9 +920,9 @@ def scale_by_kfac(
         the factors' eigendecompositions, see above).
       mesh, mesh_axis: a ``jax.sharding.Mesh`` and one of its axis names: the factors and
         their inverses are split over that axis' devices, each inverting only its own
-        (``damping_mode="factored"``; layout and balance rule:
-        :func:`optlab._src.kronecker.shard_layout`); shard the state with
-        :func:`optlab.state_sharding`. ``None``: one device's layout.
+        (``damping_mode="factored"``; balance rule: every same-size stack is padded with zero
+        factors to a multiple of the axis size, device ``s`` owning its ``s``-th contiguous
+        share); shard the state with :func:`optlab.state_sharding`. ``None``: one device's layout.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is

@@ -68,7 +68,7 @@ _MATH = r"""
       restricted to the diagonal: ``g * (v + r)^{-1/2}`` with ``v`` the diagonal statistic
       (AdaGrad's for ``beta2 = 1``, RMSProp's otherwise) and the same relative ridge.
 
-    NaN/Inf (optlab's one policy, :func:`optlab._src.common.skip_nonfinite`): a step whose
+    NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose
     gradient is not finite, or could overflow the statistics or the grafting state (checked
     before the step: the new diagonals, bounded by the old ones and each leaf's sum of squares,
     must stay below a quarter of the largest float; a float32 gradient of 1e20 overflows
@@ -367,8 +367,9 @@ def scale_by_shampoo(
         and non-finite ones always.
       eps_floor: absolute ridge floor (``>= 0``; keeps an all-zero statistic invertible).
       mesh, mesh_axis: a ``jax.sharding.Mesh`` and one of its axis names: the statistics and
-        roots are split over that axis' devices, each refreshing only its own roots (layout
-        and balance rule: :func:`optlab._src.kronecker.shard_layout`); shard the state with
+        roots are split over that axis' devices, each refreshing only its own roots (balance
+        rule: every same-size stack is padded with zero statistics to a multiple of the axis
+        size, device ``s`` owning its ``s``-th contiguous share); shard the state with
         :func:`optlab.state_sharding`. ``None``: one device's layout.
 
     Returns:

@@ -93,7 +93,7 @@ _MATH = r"""
     eager) can pick different ones and part by more than rounding. Each is a valid SOAP run;
     bitwise agreement across shardings needs full-rank statistics.
 
-    NaN/Inf (optlab's one policy, :func:`optlab._src.common.skip_nonfinite`): a step whose
+    NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose
     gradient is not finite, or could overflow the statistics or moments (decided before the
     step, as Shampoo does: the new diagonals, bounded by the old ones and each leaf's sum of
     squares, must stay below a quarter of the largest float; a float32 gradient of 1e20
@@ -369,8 +369,9 @@ def scale_by_soap(
       refresh_tolerance: keep a basis at a refresh when ``||B - diag B||_F <= tol ||B||_F``,
         ``B = Q^T L Q`` (in ``[0, 1]``; ``None``: always refresh).
       mesh, mesh_axis: a ``jax.sharding.Mesh`` and one of its axis names: the statistics and
-        bases are split over that axis' devices, each refreshing only its own bases (layout
-        and balance rule: :func:`optlab._src.kronecker.shard_layout`); shard the state with
+        bases are split over that axis' devices, each refreshing only its own bases (balance
+        rule: every same-size stack is padded with zero statistics to a multiple of the axis
+        size, device ``s`` owning its ``s``-th contiguous share); shard the state with
         :func:`optlab.state_sharding`. ``None``: one device's layout.
 
     Returns:
