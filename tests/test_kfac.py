@@ -374,14 +374,10 @@ def classification(seed=0, n=64):
     return x, y
 
 
-def test_trains_inside_nnx_jit_with_nnx_optimizer():
-    x, y = classification()
-    model = MLP(nnx.Rngs(11))
-    optimizer = nnx.Optimizer(
-        model,
-        optlab.kfac(0.2, damping=1e-2, weight_decay=1e-4, norm_constraint=1e-2),
-        wrt=nnx.Param,
-    )
+def nnx_jit_losses(model, tx, x, y, steps):
+    """Training losses of ``steps`` K-FAC steps (true Fisher) inside ``nnx.jit`` with
+    ``nnx.Optimizer``, and the optimizer."""
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     vg = optlab.kfac_value_and_grad("softmax_cross_entropy", "true")
 
     @nnx.jit
@@ -390,7 +386,14 @@ def test_trains_inside_nnx_jit_with_nnx_optimizer():
         optimizer.update(model, grads, curvature=curvature)
         return loss
 
-    losses = [float(step(model, optimizer, jax.random.key(i))) for i in range(30)]
+    return [float(step(model, optimizer, jax.random.key(i))) for i in range(steps)], optimizer
+
+
+def test_trains_inside_nnx_jit_with_nnx_optimizer():
+    x, y = classification()
+    model = MLP(nnx.Rngs(11))
+    tx = optlab.kfac(0.2, damping=1e-2, weight_decay=1e-4, norm_constraint=1e-2)
+    losses, optimizer = nnx_jit_losses(model, tx, x, y, 30)
     assert losses[-1] < 0.3 * losses[0], losses
     state = optimizer.opt_state
     assert int(state.skipped_steps[...]) == 0
@@ -667,16 +670,7 @@ def test_kfac_trains_an_lstm_tagger_inside_jit():
     model = optlab.models.LSTMTagger(20, 3, embed_dim=8, hidden_size=8, rngs=nnx.Rngs(24))
     tokens = jnp.asarray(RNG.integers(0, 20, size=(16, 5)))
     y = (tokens % 3 + jnp.roll(tokens, 1, axis=1) % 3) % 3
-    optimizer = nnx.Optimizer(model, optlab.kfac(0.1, damping=1e-2), wrt=nnx.Param)
-    vg = optlab.kfac_value_and_grad("softmax_cross_entropy", "true")
-
-    @nnx.jit
-    def step(model, optimizer, key):
-        loss, grads, curvature = vg(model, tokens, y, key=key)
-        optimizer.update(model, grads, curvature=curvature)
-        return loss
-
-    losses = [float(step(model, optimizer, jax.random.key(i))) for i in range(30)]
+    losses, _ = nnx_jit_losses(model, optlab.kfac(0.1, damping=1e-2), tokens, y, 30)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -978,16 +972,7 @@ def test_exact_damping_trains_inside_nnx_jit():
     x, y = classification(50)
     model = MLP(nnx.Rngs(42))
     tx = optlab.kfac(0.1, damping=1e-2, damping_mode="exact", precondition_every=2)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    vg = optlab.kfac_value_and_grad("softmax_cross_entropy", "true")
-
-    @nnx.jit
-    def step(model, optimizer, key):
-        loss, grads, curvature = vg(model, x, y, key=key)
-        optimizer.update(model, grads, curvature=curvature)
-        return loss
-
-    losses = [float(step(model, optimizer, jax.random.key(i))) for i in range(20)]
+    losses, _ = nnx_jit_losses(model, tx, x, y, 20)
     assert losses[-1] < 0.5 * losses[0]
     with pytest.raises(ValueError, match="damping_mode"):
         optlab.kfac(0.1, damping_mode="eigen")
