@@ -3,7 +3,7 @@
 Usage::
 
     optlab lab clarifying-shampoo                    # quick setting: ~10 CPU minutes on 2 cores
-    optlab lab clarifying-shampoo --full             # documented full setting (~5-7x the CPU time)
+    optlab lab clarifying-shampoo --full             # documented full setting (~2.6x the CPU time)
     optlab lab clarifying-shampoo --text-file input.txt --d-model 256 --steps 2000
     optlab lab clarifying-shampoo --optimizers adamw,shampoo --lrs 1e-3,2e-3,4e-3 --seeds 5
 
