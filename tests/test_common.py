@@ -9,7 +9,15 @@ import numpy as np
 import optax
 import pytest
 
-from optlab._src.common import max_abs_within, skip_nonfinite, square_sums
+from optlab._src.common import (
+    DIGIT_BASE,
+    digit_width,
+    max_abs_within,
+    runtime_digits,
+    runtime_offset,
+    skip_nonfinite,
+    square_sums,
+)
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -170,3 +178,19 @@ def test_branchless_guard_program_grows_linearly_with_leaves():
         return hlo_instructions(tx.update, tree, tx.init(tree))
 
     assert instructions(32) <= 2.2 * instructions(16)
+
+
+@pytest.mark.parametrize("largest", [0, 1, 15, 16, 255, 256, 4095, 70_000])
+def test_runtime_offset_writes_every_value_with_the_state_digits(largest):
+    width = digit_width(largest)
+    assert DIGIT_BASE ** (width - 1) <= max(largest, 1) < DIGIT_BASE**width or largest == 0
+    values = sorted({0, 1, largest, largest // 2, max(largest - 1, 0), largest // 3})
+    digits = runtime_digits()
+
+    @jax.jit
+    def written(digits):
+        return jnp.stack([jnp.asarray(runtime_offset(v, digits, width)) for v in values])
+
+    np.testing.assert_array_equal(np.asarray(written(digits)), values)
+    # Without digits (a stateless caller) the value itself, a Python int.
+    assert [runtime_offset(v, (), width) for v in values] == values

@@ -232,6 +232,49 @@ def combine(scalars: list[jax.Array], op: Callable[[jax.Array], jax.Array] = jnp
     return op(jax.lax.optimization_barrier(jnp.stack(scalars)))
 
 
+#: Base of :func:`runtime_digits`.
+DIGIT_BASE = 16
+
+
+def runtime_digits() -> tuple[jax.Array, ...]:
+    """The int32 scalars ``0, 1, ..., DIGIT_BASE - 1``, kept in a transform's state so that
+    :func:`runtime_offset` can write row numbers with them.
+
+    Why: XLA compiles one kernel per distinct fusion and reuses it for identical ones. Cutting
+    each layer's piece out of a stacked (batched) result at a constant row makes one distinct
+    kernel per layer (about 15 ms of CPU compile time each, measured with
+    ``benchmarks/compile_time.py``); at a row computed from input scalars it is the same
+    kernel for every layer of one shape. The state's arrays are inputs of the user's jitted
+    step, so digits read from it are such scalars, and compile time grows with the number of
+    distinct shapes instead of layers. A fixed count of digits keeps the state's structure
+    independent of the parameters (``optax.tree_map_params`` initializes with a placeholder).
+    """
+    return tuple(jnp.asarray(d, jnp.int32) for d in range(DIGIT_BASE))
+
+
+def digit_width(largest: int) -> int:
+    """How many :data:`DIGIT_BASE` digits write every integer in ``[0, largest]``."""
+    width = 1
+    while DIGIT_BASE**width <= largest:
+        width += 1
+    return width
+
+
+def runtime_offset(value: int, digits: Sequence[jax.Array], width: int) -> jax.Array | int:
+    """``value`` as ``sum_j digits[d_j] * DIGIT_BASE**j`` over ``width`` digits (equal to it
+    when ``digits`` is :func:`runtime_digits` from the state), or ``value`` itself when
+    ``digits`` is empty (no state: a constant). Use one ``width`` for every piece of a call:
+    the pieces' kernels are then identical."""
+    if not digits:
+        return value
+    # Horner's rule on lax primitives (a third of the tracing time of jnp's operators).
+    total = digits[(value // DIGIT_BASE ** (width - 1)) % DIGIT_BASE]
+    base = np.int32(DIGIT_BASE)
+    for j in reversed(range(width - 1)):
+        total = jax.lax.add(jax.lax.mul(total, base), digits[(value // DIGIT_BASE**j) % DIGIT_BASE])
+    return total
+
+
 class SkipNonFiniteState(NamedTuple):
     """State of an optlab optimizer under the NaN/Inf policy (:func:`skip_nonfinite`).
 

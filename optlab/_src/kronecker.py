@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab import linalg
+from optlab._src.common import digit_width, runtime_offset
 from optlab.linalg import _lapack
 from optlab.linalg._ops import matmul
 from optlab.linalg._ordering import after
@@ -438,34 +439,70 @@ def to_blocks(leaves: Sequence[jax.Array], layout: Layout, dtype) -> Blocks:
     return Blocks(stacks, vector)
 
 
-def from_blocks(blocks: Blocks, layout: Layout, like: Sequence[jax.Array]) -> list[jax.Array]:
-    """Inverse of :func:`to_blocks`: leaves shaped and typed like ``like`` (empty leaves: zeros)."""
-    out: list[jax.Array] = []
+def leaf_starts(layout: Layout) -> tuple[int, ...]:
+    """Per leaf: its first row in its block stack (uniformly blocked leaves) or its first
+    element in the vector of diagonal leaves; 0 for the others."""
+    starts = []
     offset = 0
-    for plan, ref in zip(layout.leaves, like, strict=True):
+    for plan in layout.leaves:
+        if plan.empty:
+            starts.append(0)
+        elif plan.vector:
+            starts.append(offset)
+            offset += math.prod(plan.merged)
+        else:
+            starts.append(plan.blocks[0].position)
+    return tuple(starts)
+
+
+def from_blocks(
+    blocks: Blocks,
+    layout: Layout,
+    like: Sequence[jax.Array],
+    digits: Sequence[jax.Array] = (),
+) -> list[jax.Array]:
+    """Inverse of :func:`to_blocks`: leaves shaped and typed like ``like`` (empty leaves: zeros).
+
+    ``digits``: ``common.runtime_digits()`` from the transform's state: each leaf is cut out
+    at a row written with them, so that XLA compiles one kernel per block shape rather than
+    one per layer (see there); empty: constant rows.
+    """
+    starts = leaf_starts(layout)
+    width = digit_width(max([*starts, *(k.count for k in layout.kinds)], default=0))
+    out: list[jax.Array] = []
+    for plan, ref, static in zip(layout.leaves, like, starts, strict=True):
+        start = runtime_offset(static, digits, width)
         dtype = jnp.result_type(ref)
         if plan.empty:
             out.append(jnp.zeros(plan.shape, dtype))
             continue
         if plan.vector:
             size = math.prod(plan.merged)
-            x = jax.lax.slice_in_dim(blocks.vector, offset, offset + size)
-            offset += size
+            x = jax.lax.dynamic_slice_in_dim(blocks.vector, start, size)
         elif plan.uniform:
             first = plan.blocks[0]
             kind = layout.kinds[first.kind]
             stack = blocks.stacks[first.kind]
             if len(plan.blocks) < kind.count:
-                stack = jax.lax.slice_in_dim(
-                    stack, first.position, first.position + len(plan.blocks)
-                )
+                stack = jax.lax.dynamic_slice_in_dim(stack, start, len(plan.blocks))
             x = _blocks_to_leaf(stack, plan, kind.shape)
         else:
+            # A leaf's blocks of one kind sit in consecutive rows: one runtime offset per kind.
+            first_row: dict[int, int] = {}
+            count: dict[int, int] = {}
+            for block in plan.blocks:
+                first_row.setdefault(block.kind, block.position)
+                count[block.kind] = count.get(block.kind, 0) + 1
+            rows = {
+                k: jax.lax.dynamic_slice_in_dim(
+                    blocks.stacks[k], runtime_offset(first_row[k], digits, width), count[k]
+                )
+                for k in first_row
+            }
             x = jnp.zeros(plan.merged, blocks.stacks[plan.blocks[0].kind].dtype)
             for block in plan.blocks:
-                x = jax.lax.dynamic_update_slice(
-                    x, blocks.stacks[block.kind][block.position], block.starts
-                )
+                piece = rows[block.kind][block.position - first_row[block.kind]]
+                x = jax.lax.dynamic_update_slice(x, piece, block.starts)
         out.append(x.reshape(plan.shape).astype(dtype))
     return out
 

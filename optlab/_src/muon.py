@@ -93,7 +93,10 @@ from optlab._src.common import (
     check_learning_rate,
     check_number,
     combine,
+    digit_width,
     max_abs_within,
+    runtime_digits,
+    runtime_offset,
     skip_nonfinite,
 )
 from optlab.linalg.orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize
@@ -181,6 +184,10 @@ class ScaleByMuonState(NamedTuple):
 
     count: jax.Array  # int32 scalar: update() calls so far
     mu: optax.Updates
+    # The int32 scalars 0 .. 15: the rows at which each leaf's result is cut out of its
+    # batched call are written with them, so that XLA compiles one such kernel per matrix
+    # shape, not one per layer (common.runtime_digits says why).
+    digits: tuple[jax.Array, ...] = ()
 
 
 # -- validation (built on optlab._src.common) -----------------------------------------------------
@@ -448,11 +455,14 @@ def _orthogonalize_tree(
     compute_dtype: Any,
     scale: str | ScaleFn | None,
     out_dtypes: Sequence[Any] | None = None,
+    digits: Sequence[jax.Array] = (),
 ) -> Params:
     """Orthogonalize (and shape-scale) every leaf; same-shape matrices share one batched call.
 
     ``out_dtypes``: the dtype of each output leaf (default: the input leaf's). A leaf with a
-    zero-size axis has nothing to orthogonalize and gets a zero-size output.
+    zero-size axis has nothing to orthogonalize and gets a zero-size output. ``digits``:
+    ``ScaleByMuonState.digits`` (rows written with them, see common.runtime_digits) or empty
+    (constant rows).
     """
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     if not leaves_with_path:
@@ -493,10 +503,15 @@ def _orthogonalize_tree(
             coefficients=leaf_coefficients,
             compute_dtype=compute_dtype,
         )
+        width = digit_width(ortho.shape[0])
         offset = 0
         for i, mat in zip(members, group, strict=True):
             n = mat.shape[0]
-            outs[i] = ortho[offset : offset + n] if len(members) > 1 else ortho
+            if len(members) == 1:
+                outs[i] = ortho
+            else:
+                start = runtime_offset(offset, digits, width)
+                outs[i] = jax.lax.dynamic_slice_in_dim(ortho, start, n)
             offset += n
 
     new_leaves = []
@@ -624,7 +639,7 @@ def _scale_by_muon_raw(
 
     def init_fn(params: Params) -> ScaleByMuonState:
         mu = optax.tree.zeros_like(params, dtype=mu_dtype)
-        return ScaleByMuonState(count=jnp.zeros([], jnp.int32), mu=mu)
+        return ScaleByMuonState(count=jnp.zeros([], jnp.int32), mu=mu, digits=runtime_digits())
 
     def update_fn(updates: optax.Updates, state: ScaleByMuonState, params: Params = None):
         del params
@@ -642,9 +657,10 @@ def _scale_by_muon_raw(
             compute_dtype=compute_dtype,
             scale=scale,
             out_dtypes=out_dtypes,
+            digits=state.digits,
         )
         count = optax.safe_increment(state.count)
-        return new, ScaleByMuonState(count=count, mu=trace_state.trace)
+        return new, ScaleByMuonState(count=count, mu=trace_state.trace, digits=state.digits)
 
     return optax.GradientTransformation(_checked_init(init_fn, "optlab.scale_by_muon"), update_fn)
 

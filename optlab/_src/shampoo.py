@@ -26,6 +26,7 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
+    runtime_digits,
     skip_nonfinite,
     square_sums,
     upcast,
@@ -107,6 +108,9 @@ class ShampooState(NamedTuple):
       roots: the current inverse roots of the matrix statistics, same layout without diagonals.
       graft: the grafting optimizer's state (parameter-shaped, float32 at least).
       rejected_roots: how many roots were rejected (non-finite or residual too large).
+      digits: the int32 scalars 0 .. 15 (constant): the rows at which each leaf is cut out
+        of the engine's block stacks are written with them, so that XLA compiles one kernel
+        per block shape, not one per layer.
     """
 
     count: jax.Array
@@ -114,6 +118,7 @@ class ShampooState(NamedTuple):
     roots: jax.Array
     graft: optax.OptState
     rejected_roots: jax.Array
+    digits: tuple[jax.Array, ...] = ()
 
 
 def _graft_transform(name: str, beta2, eps) -> optax.GradientTransformation:
@@ -252,6 +257,7 @@ def _preconditioner(
             roots=kron.identity_factors(layout, dtype),
             graft=graft_tx.init(jax.tree.map(upcast, params)),
             rejected_roots=jnp.zeros([], jnp.int32),
+            digits=runtime_digits(),
         )
 
     def update_fn(updates, state, params=None):
@@ -289,13 +295,14 @@ def _preconditioner(
             direction = kron.graft(direction, graft_blocks, layout)
         # The grafted update alone before the start: chosen on the few stacks, not per leaf.
         direction = jax.lax.cond(state.count >= start, lambda: direction, lambda: graft_blocks)
-        out = kron.from_blocks(direction, layout, leaves)
+        out = kron.from_blocks(direction, layout, leaves, state.digits)
         new_state = ShampooState(
             count=optax.safe_increment(state.count),
             stats=stats,
             roots=roots,
             graft=graft_state,
             rejected_roots=state.rejected_roots + rejected,
+            digits=state.digits,
         )
         return treedef.unflatten(out), new_state
 

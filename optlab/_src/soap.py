@@ -25,6 +25,7 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
+    runtime_digits,
     skip_nonfinite,
     square_sums,
 )
@@ -135,6 +136,9 @@ class SoapState(NamedTuple):
       nu: Adam's second moment, likewise.
       rejected_bases: how many new bases were rejected (non-finite).
       skipped_refreshes: how many bases were kept by the ``refresh_tolerance`` criterion.
+      digits: the int32 scalars 0 .. 15 (constant): the rows at which each leaf is cut out
+        of the engine's block stacks are written with them, so that XLA compiles one kernel
+        per block shape, not one per layer.
     """
 
     count: jax.Array
@@ -144,6 +148,7 @@ class SoapState(NamedTuple):
     nu: optax.Updates
     rejected_bases: jax.Array
     skipped_refreshes: jax.Array
+    digits: tuple[jax.Array, ...] = ()
 
 
 def _ignored_axes(value: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -238,6 +243,7 @@ def _preconditioner(
             nu=jax.tree.map(lambda x: jnp.zeros(np.shape(x), dtype), params),
             rejected_bases=jnp.zeros([], jnp.int32),
             skipped_refreshes=jnp.zeros([], jnp.int32),
+            digits=runtime_digits(),
         )
 
     def update_fn(updates, state, params=None):
@@ -306,9 +312,9 @@ def _preconditioner(
             bases, mu, nu, rejected, skipped = jax.lax.switch(
                 branch, [first_bases, power_step, keep]
             )
-        out = kron.from_blocks(direction, layout, leaves)
-        mu_leaves = kron.from_blocks(mu, layout, mu_like)
-        nu_leaves = kron.from_blocks(nu, layout, nu_like)
+        out = kron.from_blocks(direction, layout, leaves, state.digits)
+        mu_leaves = kron.from_blocks(mu, layout, mu_like, state.digits)
+        nu_leaves = kron.from_blocks(nu, layout, nu_like, state.digits)
         new_state = SoapState(
             count=optax.safe_increment(count),
             stats=stats,
@@ -317,6 +323,7 @@ def _preconditioner(
             nu=treedef.unflatten(nu_leaves),
             rejected_bases=state.rejected_bases + rejected,
             skipped_refreshes=state.skipped_refreshes + skipped,
+            digits=state.digits,
         )
         return treedef.unflatten(out), new_state
 
