@@ -105,17 +105,17 @@ _MATH = r"""
     float32 at least; the update comes back in the gradient's dtype.
 
     References:
-      J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
-      Curvature", ICML 2015.
-      R. Grosse, J. Martens, "A Kronecker-factored approximate Fisher matrix for convolution
-      layers", ICML 2016.
-      J. Ba, R. Grosse, J. Martens, "Distributed Second-Order Optimization using
-      Kronecker-Factored Approximations", ICLR 2017.
-      R. Eschenhagen et al., "Kronecker-Factored Approximate Curvature for Modern Neural
-      Network Architectures", NeurIPS 2023.
-      M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods
-      for training neural networks", graduation thesis, Lomonosov Moscow State University, 2023
-      (sec. 3.2, eq. 18-21).
+      - J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+        Curvature", ICML 2015.
+      - R. Grosse, J. Martens, "A Kronecker-factored approximate Fisher matrix for convolution
+        layers", ICML 2016.
+      - J. Ba, R. Grosse, J. Martens, "Distributed Second-Order Optimization using
+        Kronecker-Factored Approximations", ICLR 2017.
+      - R. Eschenhagen et al., "Kronecker-Factored Approximate Curvature for Modern Neural
+        Network Architectures", NeurIPS 2023.
+      - M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods
+        for training neural networks", graduation thesis, Lomonosov Moscow State University, 2023
+        (sec. 3.2, eq. 18-21).
 """
 
 LAYER_KINDS = ("dense", "embed")

@@ -542,12 +542,12 @@ def kfac_value_and_grad(
       unroll such loops in Python; stock ``nnx.RNN`` layers are unrolled for you.
 
     References:
-      J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
-      Curvature", ICML 2015.
-      R. Grosse, J. Martens, "A Kronecker-factored approximate Fisher matrix for convolution
-      layers", ICML 2016.
-      R. Eschenhagen, A. Immer, R. E. Turner, F. Schneider, P. Hennig, "Kronecker-Factored
-      Approximate Curvature for Modern Neural Network Architectures", NeurIPS 2023.
+      - J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+        Curvature", ICML 2015.
+      - R. Grosse, J. Martens, "A Kronecker-factored approximate Fisher matrix for convolution
+        layers", ICML 2016.
+      - R. Eschenhagen, A. Immer, R. E. Turner, F. Schneider, P. Hennig, "Kronecker-Factored
+        Approximate Curvature for Modern Neural Network Architectures", NeurIPS 2023.
 
     Example:
       >>> import jax, jax.numpy as jnp, optlab

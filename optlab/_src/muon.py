@@ -58,15 +58,15 @@ counts it). The polar factor does not depend on the scale of its input, so finit
 ``init``); leaves with a zero-size axis get a zero-size update.
 
 References:
-  K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein, "Muon: An
-  optimizer for hidden layers in neural networks", 2024,
-  https://kellerjordan.github.io/posts/muon/
-  J. Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982, 2025.
-  N. Amsel, D. Persson, C. Musco, R. M. Gower, "The Polar Express: Optimal Matrix Sign Methods
-  and Their Application to the Muon Algorithm", arXiv:2505.16932, 2025.
-  D. Merkulov, "Stories from training neural networks: Sharpness-Aware Minimization, Mode
-  Connectivity, Grokking, Double Descent", seminar, course "Convex optimization methods",
-  week 14 ("Optimization for all!" lecture series): Shampoo without accumulation is Muon.
+  - K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein, "Muon: An
+    optimizer for hidden layers in neural networks", 2024,
+    https://kellerjordan.github.io/posts/muon/
+  - J. Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982, 2025.
+  - N. Amsel, D. Persson, C. Musco, R. M. Gower, "The Polar Express: Optimal Matrix Sign Methods
+    and Their Application to the Muon Algorithm", arXiv:2505.16932, 2025.
+  - D. Merkulov, "Stories from training neural networks: Sharpness-Aware Minimization, Mode
+    Connectivity, Grokking, Double Descent", seminar, course "Convex optimization methods",
+    week 14 ("Optimization for all!" lecture series): Shampoo without accumulation is Muon.
 """
 
 from __future__ import annotations

@@ -37,16 +37,16 @@ g / max|g|, so any finite gradient (1e-30 to 1e30 in float32) gives the right di
 radius.
 
 References:
-  Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
-  Generalization", ICLR 2021, arXiv:2010.01412 (eq. 2 for e_hat, Algorithm 1).
-  Kwon, Kim, Park, Choi, "ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
-  Learning of Deep Neural Networks", ICML 2021, arXiv:2102.11600.
-  D. Merkulov, "Stories from training neural networks: Sharpness-Aware Minimization, Mode
-  Connectivity, Grokking, Double Descent", seminar, course "Convex optimization methods",
-  week 14 ("Optimization for all!" lecture series): the general p-norm e_hat with q = p/(p-1).
-  M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods for
-  training neural networks", graduation thesis, Lomonosov Moscow State University, 2023
-  (eq. 22-27; tuned rho = 0.1).
+  - Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
+    Generalization", ICLR 2021, arXiv:2010.01412 (eq. 2 for e_hat, Algorithm 1).
+  - Kwon, Kim, Park, Choi, "ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
+    Learning of Deep Neural Networks", ICML 2021, arXiv:2102.11600.
+  - D. Merkulov, "Stories from training neural networks: Sharpness-Aware Minimization, Mode
+    Connectivity, Grokking, Double Descent", seminar, course "Convex optimization methods",
+    week 14 ("Optimization for all!" lecture series): the general p-norm e_hat with q = p/(p-1).
+  - M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods for
+    training neural networks", graduation thesis, Lomonosov Moscow State University, 2023
+    (eq. 22-27; tuned rho = 0.1).
 """
 
 from __future__ import annotations

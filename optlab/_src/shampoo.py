@@ -85,16 +85,16 @@ _MATH = r"""
     ``static_args`` (another value without it raises a ``ValueError`` saying so).
 
     References:
-      V. Gupta, T. Koren, Y. Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
-      ICML 2018.
-      R. Anil, V. Gupta, T. Koren, K. Regan, Y. Singer, "Scalable Second Order Optimization for
-      Deep Learning", arXiv:2002.09018.
-      H.-J. M. Shi et al., "A Distributed Data-Parallel PyTorch Implementation of the
-      Distributed Shampoo Optimizer for Training Neural Networks At-Scale", arXiv:2309.06497.
-      M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods
-      for training neural networks", graduation thesis, Lomonosov Moscow State University, 2023.
-      D. Merkulov, "Stories from training neural networks: SAM, Mode Connectivity, Grokking,
-      Double Descent", seminar.
+      - V. Gupta, T. Koren, Y. Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
+        ICML 2018.
+      - R. Anil, V. Gupta, T. Koren, K. Regan, Y. Singer, "Scalable Second Order Optimization for
+        Deep Learning", arXiv:2002.09018.
+      - H.-J. M. Shi et al., "A Distributed Data-Parallel PyTorch Implementation of the
+        Distributed Shampoo Optimizer for Training Neural Networks At-Scale", arXiv:2309.06497.
+      - M. P. Kuznetsova, "An experimental study of modern curvature-aware optimization methods
+        for training neural networks", graduation thesis, Lomonosov Moscow State University, 2023.
+      - D. Merkulov, "Stories from training neural networks: SAM, Mode Connectivity, Grokking,
+        Double Descent", seminar.
 """
 
 

@@ -110,17 +110,17 @@ _MATH = r"""
     defaults unless named in ``static_args``.
 
     References:
-      N. Vyas, D. Morwani, R. Zhao, M. Kwun, I. Shapira, D. Brandfonbrener, L. Janson,
-      S. Kakade, "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR 2025
-      (arXiv:2409.11321), and its reference implementation.
-      T. George, C. Laurent, X. Bouthillier, N. Ballas, P. Vincent, "Fast Approximate Natural
-      Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018.
-      R. Eschenhagen, A. Defazio, T.-H. Lee, R. E. Turner, H.-J. M. Shi, "Purifying Shampoo:
-      Investigating Shampoo's Heuristics by Decomposing its Preconditioner", arXiv:2506.03595.
-      H.-J. M. Shi et al., "A Distributed Data-Parallel PyTorch Implementation of the
-      Distributed Shampoo Optimizer for Training Neural Networks At-Scale", arXiv:2309.06497.
-      Eschenhagen, Cai, Lee, Shi, "Clarifying Shampoo", arXiv:2602.09314 (which ingredient
-      of Shampoo matters; SOAP separates the basis from the step size).
+      - N. Vyas, D. Morwani, R. Zhao, M. Kwun, I. Shapira, D. Brandfonbrener, L. Janson,
+      - S. Kakade, "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR 2025
+        (arXiv:2409.11321), and its reference implementation.
+      - T. George, C. Laurent, X. Bouthillier, N. Ballas, P. Vincent, "Fast Approximate Natural
+        Gradient Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018.
+      - R. Eschenhagen, A. Defazio, T.-H. Lee, R. E. Turner, H.-J. M. Shi, "Purifying Shampoo:
+        Investigating Shampoo's Heuristics by Decomposing its Preconditioner", arXiv:2506.03595.
+      - H.-J. M. Shi et al., "A Distributed Data-Parallel PyTorch Implementation of the
+        Distributed Shampoo Optimizer for Training Neural Networks At-Scale", arXiv:2309.06497.
+      - Eschenhagen, Cai, Lee, Shi, "Clarifying Shampoo", arXiv:2602.09314 (which ingredient
+        of Shampoo matters; SOAP separates the basis from the step size).
 """
 
 

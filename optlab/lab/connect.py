@@ -33,11 +33,11 @@ accuracy of phi(t); compare with the straight line (:func:`line`). The *barrier*
 ``max_t L(phi(t)) - (L(w1) + L(w2)) / 2``.
 
 References:
-  Garipov, Izmailov, Podoprikhin, Vetrov, Wilson, "Loss Surfaces, Mode Connectivity, and Fast
-  Ensembling of DNNs", NeurIPS 2018 (code: github.com/timgaripov/dnn-mode-connectivity,
-  ``curves.py``, ``train.py``, ``eval_curve.py``).
-  Draxler, Veschgini, Salmhofer, Hamprecht, "Essentially No Barriers in Neural Network Energy
-  Landscape", ICML 2018.
+  - Garipov, Izmailov, Podoprikhin, Vetrov, Wilson, "Loss Surfaces, Mode Connectivity, and Fast
+    Ensembling of DNNs", NeurIPS 2018 (code: github.com/timgaripov/dnn-mode-connectivity,
+    ``curves.py``, ``train.py``, ``eval_curve.py``).
+  - Draxler, Veschgini, Salmhofer, Hamprecht, "Essentially No Barriers in Neural Network Energy
+    Landscape", ICML 2018.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax

@@ -51,11 +51,11 @@ allows: the per-point temporary memory is read from XLA's memory analysis of one
 evaluation). Data given as several batches is averaged with weights (default: equal).
 
 References:
-  Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural Nets",
-  NeurIPS 2018 (code: github.com/tomgoldstein/loss-landscape, ``net_plotter.py``,
-  ``projection.py``, ``plot_surface.py``).
-  Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
-  Generalization", ICLR 2021 (flat versus sharp minima).
+  - Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural Nets",
+    NeurIPS 2018 (code: github.com/tomgoldstein/loss-landscape, ``net_plotter.py``,
+    ``projection.py``, ``plot_surface.py``).
+  - Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
+    Generalization", ICLR 2021 (flat versus sharp minima).
 
 Example:
   >>> import jax, jax.numpy as jnp, optax

@@ -35,14 +35,14 @@ inside your own ``jax.jit``). Computations run in the parameters' dtype promoted
 least float32.
 
 References:
-  Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of the
-  Hessian", IEEE BigData 2020, arXiv:1912.07145.
-  Lanczos, "An iteration method for the solution of the eigenvalue problem of linear
-  differential and integral operators", J. Res. Nat. Bur. Standards 45 (1950);
-  Golub & Van Loan, "Matrix Computations", 4th ed., sec. 10.1 (Lanczos, reorthogonalization).
-  Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
-  smoothing splines", Commun. Stat. Simul. Comput. 19 (1990).
-  Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6 (1994).
+  - Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of the
+    Hessian", IEEE BigData 2020, arXiv:1912.07145.
+  - Lanczos, "An iteration method for the solution of the eigenvalue problem of linear
+    differential and integral operators", J. Res. Nat. Bur. Standards 45 (1950).
+  - Golub & Van Loan, "Matrix Computations", 4th ed., sec. 10.1 (Lanczos, reorthogonalization).
+  - Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
+    smoothing splines", Commun. Stat. Simul. Comput. 19 (1990).
+  - Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6 (1994).
 """
 
 from __future__ import annotations
