@@ -32,6 +32,7 @@ from optlab._src.common import (
     check_learning_rate,
     check_number,
     combine,
+    guarded_optimizer,
     skip_nonfinite,
     tree_all_finite,
 )
@@ -1029,19 +1030,16 @@ def kfac(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    parts = [raw]
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
     # not depend on a value that can change.
-    if isinstance(momentum, jax.Array) or momentum > 0:
-        parts.append(_momentum(momentum))
-    if isinstance(weight_decay, jax.Array) or weight_decay != 0:
-        parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    return skip_nonfinite(
-        optax.chain(*parts),
-        step_is_safe=lambda grads, chain_state, **extra: step_is_safe(
-            grads, chain_state[0], **extra
-        ),
+    use_momentum = isinstance(momentum, jax.Array) or momentum > 0
+    return guarded_optimizer(
+        raw,
+        step_is_safe,
+        momentum=_momentum(momentum) if use_momentum else None,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        learning_rate=learning_rate,
     )
 
 

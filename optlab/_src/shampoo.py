@@ -26,6 +26,7 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
+    guarded_optimizer,
     runtime_digits,
     skip_nonfinite,
     square_sums,
@@ -497,19 +498,16 @@ def shampoo(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    parts = [raw]
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
     # not depend on a value that can change.
-    if isinstance(b1, jax.Array) or b1 > 0:
-        parts.append(optax.ema(b1, debias=True))
-    if isinstance(weight_decay, jax.Array) or weight_decay != 0:
-        parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    # Only Shampoo's state can overflow: an EMA of finite updates stays finite, and the update
-    # itself is checked by the guard.
-    return skip_nonfinite(
-        optax.chain(*parts),
-        step_is_safe=lambda grads, chain_state: step_is_safe(grads, chain_state[0]),
+    momentum = optax.ema(b1, debias=True) if isinstance(b1, jax.Array) or b1 > 0 else None
+    return guarded_optimizer(
+        raw,
+        step_is_safe,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        learning_rate=learning_rate,
     )
 
 

@@ -50,7 +50,7 @@ token-efficient than AdamW reaches it before the budget ends; ``target_loss`` se
 explicitly.
 
 Settings. :data:`QUICK` (the command's default: a 2-layer, width-64 model, 137k parameters,
-64-byte context, 200 steps of 16 windows: 205k tokens per run; 30 runs) took 647 CPU
+64-byte context, 200 steps of 16 windows: 205k tokens per run; 30 runs) took 292 CPU
 seconds on a 2-core CPU (docs/clarifying_shampoo.md); :data:`FULL` (width
 128, 471k parameters, 400 steps: 410k tokens per run; a 6-point grid: 38 runs) took 1670
 CPU seconds (1510 s wall) on the same CPU.
