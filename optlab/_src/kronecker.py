@@ -487,21 +487,10 @@ def from_blocks(
                 stack = jax.lax.dynamic_slice_in_dim(stack, start, len(plan.blocks))
             x = _blocks_to_leaf(stack, plan, kind.shape)
         else:
-            # A leaf's blocks of one kind sit in consecutive rows: one runtime offset per kind.
-            first_row: dict[int, int] = {}
-            count: dict[int, int] = {}
-            for block in plan.blocks:
-                first_row.setdefault(block.kind, block.position)
-                count[block.kind] = count.get(block.kind, 0) + 1
-            rows = {
-                k: jax.lax.dynamic_slice_in_dim(
-                    blocks.stacks[k], runtime_offset(first_row[k], digits, width), count[k]
-                )
-                for k in first_row
-            }
             x = jnp.zeros(plan.merged, blocks.stacks[plan.blocks[0].kind].dtype)
             for block in plan.blocks:
-                piece = rows[block.kind][block.position - first_row[block.kind]]
+                row = runtime_offset(block.position, digits, width)
+                piece = jax.lax.dynamic_index_in_dim(blocks.stacks[block.kind], row, 0, False)
                 x = jax.lax.dynamic_update_slice(x, piece, block.starts)
         out.append(x.reshape(plan.shape).astype(dtype))
     return out
