@@ -7,27 +7,18 @@ import textwrap
 
 import pytest
 
-from optlab.cli import main
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits; our own errors return
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli_run import run_cli
 
 
 def test_help_lists_subcommands(capsys):
-    code, out, _ = _run(["--help"], capsys)
+    code, out, _ = run_cli(["--help"], capsys)
     assert code == 0 and "compare" in out
-    code, out, _ = _run(["compare", "--help"], capsys)
+    code, out, _ = run_cli(["compare", "--help"], capsys)
     assert code == 0 and "--hp" in out and "--sweep" in out
 
 
 def test_list(capsys):
-    code, out, _ = _run(["compare", "--list"], capsys)
+    code, out, _ = run_cli(["compare", "--list"], capsys)
     assert code == 0
     assert "digits-lenet5" in out and "muon" in out and "Kuznetsova (2023) sec. 4.1" in out
     # Works are cited by author and title, never by internal file names.
@@ -63,7 +54,7 @@ def test_list(capsys):
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
-    code, out, err = _run(
+    code, out, err = run_cli(
         [*argv, "--out", str(tmp_path)] if argv[:1] == ["compare"] else argv, capsys
     )
     assert code == 2
@@ -76,13 +67,15 @@ def test_unwritable_output_dir(capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     # A path below a regular file cannot be created (even by root, unlike chmod tricks).
-    code, out, err = _run(["compare", "--task", "logistic", "--out", str(blocker / "sub")], capsys)
+    code, out, err = run_cli(
+        ["compare", "--task", "logistic", "--out", str(blocker / "sub")], capsys
+    )
     assert code == 2 and "cannot write to output directory" in err
     assert err.count("\n") == 1
 
 
 def test_missing_data_dir_files(capsys, tmp_path):
-    code, _, err = _run(
+    code, _, err = run_cli(
         [
             "compare",
             "--task",
@@ -111,7 +104,7 @@ def test_tiny_run_with_a_user_factory(capsys, tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     out_dir = tmp_path / "run"
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "compare",
             "--task",

@@ -18,6 +18,7 @@ from optlab import models
 from optlab.analysis import semi_orthogonality
 from optlab.cli import main
 from optlab.lab import clarifying_shampoo as cs
+from tests.cli_run import run_cli
 
 TINY = cs.QUICK.replace(
     d_model=16,
@@ -43,15 +44,6 @@ TINY_FLAGS = [
     "--lrs=1e-3,3e-3",
     "--seeds=2",
 ]
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _params(config=TINY):
@@ -152,7 +144,7 @@ def test_cli_writes_the_json_schema_and_plots(cli_run):
 )
 def test_cli_bad_input_is_one_line_and_status_2(flags, match, capsys, tmp_path):
     argv = ["lab", "clarifying-shampoo", *TINY_FLAGS, *flags, "--quiet", "--out", str(tmp_path)]
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("optlab lab clarifying-shampoo: error:")
@@ -163,7 +155,7 @@ def test_cli_too_small_text_file(capsys, tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_bytes(b"hello world\n" * 10)
     argv = ["lab", "clarifying-shampoo", *TINY_FLAGS, "--text-file", str(path), "--quiet"]
-    code, _, err = _run([*argv, "--out", str(tmp_path)], capsys)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path)], capsys)
     assert code == 2 and "at least" in err and str(path) in err
 
 

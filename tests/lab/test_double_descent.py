@@ -8,19 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from optlab.cli import main
 from optlab.lab import double_descent as dd
+from tests.cli_run import run_cli
 
 EPS = np.finfo(np.float64).eps
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_legendre_features_match_numpy_legvander():
@@ -98,7 +89,7 @@ def test_degree_sweep_rejects_unknown_design():
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     argv = ["lab", "double-descent", *argv, "--out", str(tmp_path), "--quiet"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and needle in err and out == ""
     assert err.strip().splitlines()[-1].count("error") == 1
 
@@ -106,7 +97,7 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
 def test_tiny_double_descent_run(capsys, tmp_path):
     argv = ["lab", "double-descent", "--n-train", "10", "--max-degree", "20", "--trials", "2"]
     argv += ["--no-mlp"]
-    code, out, err = _run([*argv, "--out", str(tmp_path), "--quiet"], capsys)
+    code, out, err = run_cli([*argv, "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "double_descent.json").read_text())
     assert payload["threshold_degree"] == 9
@@ -242,7 +233,7 @@ def test_tiny_width_sweep_learns():
 def test_tiny_double_descent_run_with_the_mlp(capsys, tmp_path):
     argv = ["lab", "double-descent", "--n-train", "10", "--max-degree", "20", "--trials", "1"]
     argv += ["--mlp-widths", "2,8", "--mlp-steps", "10", "--mlp-trials", "1", "--mlp-train", "100"]
-    code, out, err = _run([*argv, "--out", str(tmp_path), "--quiet"], capsys)
+    code, out, err = run_cli([*argv, "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "double_descent.json").read_text())
     mlp = payload["mlp"]

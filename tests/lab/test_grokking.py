@@ -12,17 +12,8 @@ import pytest
 from flax import nnx
 
 import optlab
-from optlab.cli import main
 from optlab.lab import grokking as gk
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli_run import run_cli
 
 
 @pytest.mark.parametrize("op", gk.OPERATIONS)
@@ -131,7 +122,7 @@ def test_weight_decay_alone_shrinks_the_weights():
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
-    code, out, err = _run(["lab", "grokking", *argv, "--out", str(tmp_path), "--quiet"], capsys)
+    code, out, err = run_cli(["lab", "grokking", *argv, "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 2 and needle in err
     assert err.startswith("optlab lab grokking: error:") and err.count("\n") == 1
     assert out == ""
@@ -140,7 +131,7 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
 def test_tiny_grokking_run(capsys, tmp_path):
     argv = ["lab", "grokking", "--p", "5", "--steps", "4", "--eval-every", "2", "--seeds", "2"]
     argv += ["--d-model", "8", "--num-heads", "2", "--d-mlp", "8", "--out", str(tmp_path)]
-    code, out, err = _run([*argv, "--quiet"], capsys)
+    code, out, err = run_cli([*argv, "--quiet"], capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "grokking.json").read_text())
     runs = payload["runs"]["adamw"]

@@ -10,20 +10,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from optlab.cli import main
 from optlab.lab import imbalance as im
+from tests.cli_run import run_cli
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_zipf_frequencies_match_the_formula_exactly():
@@ -169,7 +160,7 @@ def test_adam_beats_sgd_on_the_rarest_decile_at_matched_tuning():
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     argv = ["lab", "imbalance", *argv, "--out", str(tmp_path), "--quiet"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and needle in err and out == ""
     assert len(err.strip().splitlines()) == 1 or "usage" in err  # argparse adds its usage line
     assert err.strip().splitlines()[-1].count("error") == 1
@@ -179,7 +170,7 @@ def test_tiny_imbalance_run(capsys, tmp_path):
     argv = ["lab", "imbalance", "--classes", "40", "--samples", "300", "--dim", "8"]
     argv += ["--steps", "20", "--eval-every", "10", "--batch-size", "16"]
     argv += ["--sgd-lrs", "1,3", "--adam-lrs", "0.1", "--out", str(tmp_path), "--quiet"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "imbalance.json").read_text())
     assert payload["steps"] == [0, 10, 20]

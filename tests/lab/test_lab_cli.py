@@ -6,24 +6,15 @@ import json
 
 import pytest
 
-from optlab.cli import main
-
-
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits; our own errors return
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli_run import run_cli
 
 
 def test_help_lists_lab_commands(capsys):
-    code, out, _ = _run(["lab", "--help"], capsys)
+    code, out, _ = run_cli(["lab", "--help"], capsys)
     assert code == 0 and "landscape" in out and "connect" in out
-    code, out, _ = _run(["lab", "landscape", "--help"], capsys)
+    code, out, _ = run_cli(["lab", "landscape", "--help"], capsys)
     assert code == 0 and "--rho" in out and "--grid" in out
-    code, out, _ = _run(["lab", "connect", "--help"], capsys)
+    code, out, _ = run_cli(["lab", "connect", "--help"], capsys)
     assert code == 0 and "--curves" in out and "--weight-decay" in out
 
 
@@ -55,7 +46,7 @@ def test_help_lists_lab_commands(capsys):
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     if len(argv) > 1 and argv[1] in ("landscape", "connect"):
         argv = [*argv, "--out", str(tmp_path), "--quiet"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert needle in err
@@ -65,7 +56,7 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
 def test_unwritable_output_dir(capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    code, _, err = _run(["lab", "connect", "--out", str(blocker / "sub"), "--quiet"], capsys)
+    code, _, err = run_cli(["lab", "connect", "--out", str(blocker / "sub"), "--quiet"], capsys)
     assert code == 2 and "cannot write to output directory" in err
     assert err.startswith("optlab lab connect: error:") and err.count("\n") == 1
 
@@ -73,7 +64,7 @@ def test_unwritable_output_dir(capsys, tmp_path):
 def test_tiny_landscape_run(capsys, tmp_path):
     argv = ["lab", "landscape", "--epochs", "1", "--points", "5", "--directions", "1"]
     argv += ["--grid", "3", "--traj-grid", "3", "--out", str(tmp_path), "--quiet"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "landscape.json").read_text())
     for name in ("SGD", "SAM"):
@@ -94,7 +85,7 @@ def test_tiny_landscape_run(capsys, tmp_path):
 def test_tiny_connect_run(capsys, tmp_path):
     argv = ["lab", "connect", "--epochs", "1", "--curve-epochs", "1", "--points", "3"]
     argv += ["--curves", "bezier", "--out", str(tmp_path), "--quiet"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "connect.json").read_text())
     assert set(payload["paths"]) == {"line", "bezier"}
