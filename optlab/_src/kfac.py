@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -32,7 +32,10 @@ from optlab._src.common import (
     check_learning_rate,
     check_number,
     combine,
+    digit_width,
     guarded_optimizer,
+    runtime_digits,
+    runtime_offset,
     skip_nonfinite,
     tree_all_finite,
 )
@@ -151,6 +154,9 @@ class KFACState(NamedTuple):
         factors' eigenvalues (clipped at 0; ``count * dim`` per group, in slot order).
       rejected_inverses: refreshed inverses that were not finite (the previous ones kept).
       curvature_updates: steps whose curvature was folded into the factors (not ``{}``).
+      digits: the int32 scalars 0 .. 15 (constant): each layer's factors are cut out of the
+        buffers at offsets written with them, so that XLA compiles one kernel per layer shape,
+        not one per layer (``common.runtime_digits`` says why).
     """
 
     count: jax.Array
@@ -158,6 +164,7 @@ class KFACState(NamedTuple):
     inverses: jax.Array
     rejected_inverses: jax.Array
     curvature_updates: jax.Array
+    digits: tuple[jax.Array, ...] = ()
 
 
 # -- the static plan -------------------------------------------------------------------------------
@@ -557,6 +564,7 @@ def _preconditioner(
             ),
             rejected_inverses=jnp.zeros([], jnp.int32),
             curvature_updates=jnp.zeros([], jnp.int32),
+            digits=runtime_digits(),
         )
 
     def update_fn(updates, state, params=None, *, curvature=None, **extra_args):
@@ -607,9 +615,9 @@ def _preconditioner(
             due, refresh, lambda: (state.inverses, jnp.zeros([], jnp.int32))
         )
         if exact:
-            out = _precondition_exact(grads, factors, inverses, plan, lam)
+            out = _precondition_exact(grads, factors, inverses, plan, lam, state.digits)
         else:
-            out = _precondition(grads, factors, inverses, plan, lam)
+            out = _precondition(grads, factors, inverses, plan, lam, state.digits)
         if norm_constraint is not None:
             lr = 1.0 if learning_rate is None else learning_rate
             lr = lr(state.count) if callable(lr) else lr
@@ -625,6 +633,7 @@ def _preconditioner(
             inverses=inverses,
             rejected_inverses=state.rejected_inverses + rejected,
             curvature_updates=updates_done,
+            digits=state.digits,
         )
         out = [u.astype(jnp.result_type(g)) for u, g in zip(out, leaves)]
         return treedef.unflatten(out), new_state
@@ -697,8 +706,9 @@ def _refresh(
     stacks = kron.group_stacks(factors, layout)
     # tr(F) / dim(F) of every matrix slot, in global slot order.
     per_group = [jnp.trace(s, axis1=1, axis2=2) / g.dim for s, g in zip(stacks, layout.groups)]
+    starts = np.cumsum([0, *(g.count for g in layout.groups)])
     slot_scale = (
-        jnp.stack([per_group[gi][pos] for gi, pos in plan.slots])
+        jnp.concatenate(per_group)[np.asarray([starts[gi] + pos for gi, pos in plan.slots])]
         if plan.slots
         else jnp.zeros((0,), dtype)
     )
@@ -706,23 +716,21 @@ def _refresh(
     embed_diag, offsets = [], np.cumsum((0, *plan.embed_sizes))
     for i, size in enumerate(plan.embed_sizes):
         embed_diag.append(jax.lax.slice_in_dim(diag, int(offsets[i]), int(offsets[i]) + size))
+    # pi of every layer at once (dense layers, then embeddings): per-layer scalar code would
+    # be one distinct kernel per layer for XLA to compile.
+    dense = [layer for layer in plan.layers if layer.kind != "embed"]
+    embeds = [layer for layer in plan.layers if layer.kind == "embed"]
+    a_slots = np.asarray([layer.a_slot for layer in dense], np.int32)
+    g_slots = np.asarray([layer.g_slot for layer in (*dense, *embeds)], np.int32)
+    embed_means = [jnp.mean(embed_diag[layer.a_slot]) for layer in embeds]
+    sa = jnp.concatenate([slot_scale[a_slots], jnp.asarray(embed_means, dtype).reshape(-1)])
+    sg = slot_scale[g_slots]
+    ratio = sa / sg
+    pi = jnp.where((sa > 0) & (sg > 0) & jnp.isfinite(ratio), jnp.sqrt(ratio), 1.0)
     root = jnp.sqrt(lam)
     ridge = jnp.zeros((len(plan.slots),), dtype)
-    embed_ridges = []
-    for layer in plan.layers:
-        sa = (
-            jnp.mean(embed_diag[layer.a_slot])
-            if layer.kind == "embed"
-            else slot_scale[layer.a_slot]
-        )
-        sg = slot_scale[layer.g_slot]
-        ratio = sa / sg
-        pi = jnp.where((sa > 0) & (sg > 0) & jnp.isfinite(ratio), jnp.sqrt(ratio), 1.0)
-        if layer.kind == "embed":
-            embed_ridges.append(pi * root)
-        else:
-            ridge = ridge.at[layer.a_slot].set(pi * root)
-        ridge = ridge.at[layer.g_slot].set(root / pi)
+    ridge = ridge.at[a_slots].set(pi[: len(dense)] * root).at[g_slots].set(root / pi)
+    embed_ridges = [pi[len(dense) + i] * root for i in range(len(embeds))]
     ridges = {}
     for gi, group in enumerate(layout.groups):
         members = [s for s, (g, _) in enumerate(plan.slots) if g == gi]
@@ -767,30 +775,46 @@ def _eigenvalues_size(plan: _Plan) -> int:
     return sum(g.count * g.dim for g in plan.layout.groups)
 
 
-def _slot_matrix(buffer: jax.Array, plan: _Plan, slot: int) -> jax.Array:
-    """One matrix slot of a flat buffer: a static slice, no copy of its whole group."""
+def _cut(buffer: jax.Array, start: int, size: int, digits: Sequence[jax.Array]) -> jax.Array:
+    """``buffer[start : start + size]`` at an offset written with the state's ``digits``: every
+    layer of one shape then shares one kernel (``common.runtime_digits``); constant without."""
+    offset = runtime_offset(start, digits, digit_width(buffer.shape[0]))
+    return jax.lax.dynamic_slice_in_dim(buffer, offset, size)
+
+
+def _slot_matrix(
+    buffer: jax.Array, plan: _Plan, slot: int, digits: Sequence[jax.Array]
+) -> jax.Array:
+    """One matrix slot of a flat buffer, read at its row of its group's stack (no copy of the
+    stack). A row, not an element offset: fewer digits, so fewer distinct kernels where two
+    digits of an offset coincide (XLA then merges the repeated scalar operand)."""
     gi, pos = plan.slots[slot]
     group = plan.layout.groups[gi]
-    if group.shards > 1:  # split over devices: XLA brings the matrix to where it is used
-        return kron.group_stack(_matrix_part(buffer, plan.layout), group)[pos]
-    start = group.offset + pos * group.dim * group.dim
-    return jax.lax.slice_in_dim(buffer, start, start + group.dim**2).reshape(group.dim, group.dim)
+    stack = kron.group_stack(_matrix_part(buffer, plan.layout), group)
+    row = runtime_offset(pos, digits, digit_width(group.count))
+    return jax.lax.dynamic_index_in_dim(stack, row, 0, keepdims=False)
 
 
-def _slot_eigenvalues(eigenvalues: jax.Array, plan: _Plan, slot: int) -> jax.Array:
+def _slot_eigenvalues(
+    eigenvalues: jax.Array, plan: _Plan, slot: int, digits: Sequence[jax.Array]
+) -> jax.Array:
     gi, pos = plan.slots[slot]
     groups = plan.layout.groups
-    start = sum(g.count * g.dim for g in groups[:gi]) + pos * groups[gi].dim
-    return jax.lax.slice_in_dim(eigenvalues, start, start + groups[gi].dim)
+    start = sum(g.count * g.dim for g in groups[:gi])
+    stack = jax.lax.slice_in_dim(eigenvalues, start, start + groups[gi].size // groups[gi].dim)
+    row = runtime_offset(pos, digits, digit_width(groups[gi].count))
+    return jax.lax.dynamic_index_in_dim(stack.reshape(groups[gi].count, -1), row, 0, False)
 
 
-def _embed_vector(inverses: jax.Array, plan: _Plan, index: int) -> jax.Array:
+def _embed_vector(
+    inverses: jax.Array, plan: _Plan, index: int, digits: Sequence[jax.Array]
+) -> jax.Array:
     offsets = np.cumsum((0, *plan.embed_sizes))
+    size = plan.embed_sizes[index]
     if plan.layout.shards > 1:
         tail = _tail(inverses, plan.layout, plan.embed_size)
-        return jax.lax.slice_in_dim(tail, int(offsets[index]), int(offsets[index + 1]))
-    start = plan.layout.matrix_size + int(offsets[index])
-    return jax.lax.slice_in_dim(inverses, start, start + plan.embed_sizes[index])
+        return _cut(tail, int(offsets[index]), size, digits)
+    return _cut(inverses, plan.layout.matrix_size + int(offsets[index]), size, digits)
 
 
 def _refresh_exact(factors: jax.Array, old: jax.Array, plan: _Plan) -> tuple[jax.Array, jax.Array]:
@@ -819,7 +843,12 @@ def _refresh_exact(factors: jax.Array, old: jax.Array, plan: _Plan) -> tuple[jax
 
 
 def _precondition_exact(
-    grads: list[jax.Array], factors: jax.Array, vectors: jax.Array, plan: _Plan, lam: jax.Array
+    grads: list[jax.Array],
+    factors: jax.Array,
+    vectors: jax.Array,
+    plan: _Plan,
+    lam: jax.Array,
+    digits: Sequence[jax.Array],
 ) -> list[jax.Array]:
     """``(A (x) G + lambda I)^{-1} vec(dWbar)`` in the factors' eigenbases:
     ``Q_A [(Q_A^T dWbar Q_G) / (d_A d_G^T + lambda)] Q_G^T``."""
@@ -827,50 +856,60 @@ def _precondition_exact(
     out = list(grads)
     for layer in plan.layers:
         kernel = grads[layer.kernel]
-        q_g = _slot_matrix(vectors, plan, layer.g_slot)
-        d_g = _slot_eigenvalues(values, plan, layer.g_slot)
+        q_g = _slot_matrix(vectors, plan, layer.g_slot, digits)
+        d_g = _slot_eigenvalues(values, plan, layer.g_slot, digits)
         w = kernel.reshape(layer.d_in, layer.d_out)
         if layer.kind == "embed":
-            d_a = _embed_vector(vectors, plan, layer.a_slot)
+            d_a = _embed_vector(vectors, plan, layer.a_slot, digits)
             u = matmul(matmul(w, q_g) / (d_a[:, None] * d_g[None, :] + lam), q_g.T)
             out[layer.kernel] = u.reshape(kernel.shape)
             continue
         if layer.bias is not None:
             w = jnp.concatenate([w, grads[layer.bias][None, :]])
-        q_a = _slot_matrix(vectors, plan, layer.a_slot)
-        d_a = _slot_eigenvalues(values, plan, layer.a_slot)
+        q_a = _slot_matrix(vectors, plan, layer.a_slot, digits)
+        d_a = _slot_eigenvalues(values, plan, layer.a_slot, digits)
         rotated = matmul(matmul(q_a.T, w), q_g) / (d_a[:, None] * d_g[None, :] + lam)
         u = matmul(matmul(q_a, rotated), q_g.T)
         out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
         if layer.bias is not None:
             out[layer.bias] = u[layer.d_in]
-    return _diagonal_rule(out, grads, factors, plan, lam)
+    return _diagonal_rule(out, grads, factors, plan, lam, digits)
 
 
 def _precondition(
-    grads: list[jax.Array], factors: jax.Array, inverses: jax.Array, plan: _Plan, lam: jax.Array
+    grads: list[jax.Array],
+    factors: jax.Array,
+    inverses: jax.Array,
+    plan: _Plan,
+    lam: jax.Array,
+    digits: Sequence[jax.Array],
 ) -> list[jax.Array]:
     """Factored damping: ``(A + r_A I)^{-1} dWbar (G + r_G I)^{-1}`` from the stored inverses."""
     out = list(grads)
     for layer in plan.layers:
         kernel = grads[layer.kernel]
-        g_inv = _slot_matrix(inverses, plan, layer.g_slot)
+        g_inv = _slot_matrix(inverses, plan, layer.g_slot, digits)
         w = kernel.reshape(layer.d_in, layer.d_out)
         if layer.kind == "embed":
-            a_inv = _embed_vector(inverses, plan, layer.a_slot)
+            a_inv = _embed_vector(inverses, plan, layer.a_slot, digits)
             out[layer.kernel] = matmul(w * a_inv[:, None], g_inv).reshape(kernel.shape)
             continue
         if layer.bias is not None:
             w = jnp.concatenate([w, grads[layer.bias][None, :]])
-        u = matmul(matmul(_slot_matrix(inverses, plan, layer.a_slot), w), g_inv)
+        u = matmul(matmul(_slot_matrix(inverses, plan, layer.a_slot, digits), w), g_inv)
         out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
         if layer.bias is not None:
             out[layer.bias] = u[layer.d_in]
-    return _diagonal_rule(out, grads, factors, plan, lam)
+    return _diagonal_rule(out, grads, factors, plan, lam, digits)
 
 
 def _diagonal_rule(
-    out: list[jax.Array], grads: list[jax.Array], factors: jax.Array, plan: _Plan, lam: jax.Array
+    out: list[jax.Array],
+    grads: list[jax.Array],
+    factors: jax.Array,
+    plan: _Plan,
+    lam: jax.Array,
+    digits: Sequence[jax.Array],
 ) -> list[jax.Array]:
     """``g / (v + lambda)`` for the leaves in no layer (written into ``out``)."""
     if plan.diag_leaves:
@@ -878,7 +917,7 @@ def _diagonal_rule(
         start = plan.embed_size
         for i in plan.diag_leaves:
             size = math.prod(grads[i].shape)
-            vi = jax.lax.slice_in_dim(v, start, start + size).reshape(grads[i].shape)
+            vi = _cut(v, start, size, digits).reshape(grads[i].shape)
             out[i] = grads[i] / (vi + lam)
             start += size
     return out
