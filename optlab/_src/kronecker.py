@@ -468,27 +468,32 @@ def from_blocks(
     one per layer (see there); empty: constant rows.
     """
     starts = leaf_starts(layout)
-    width = digit_width(max([*starts, *(k.count for k in layout.kinds)], default=0))
+    # As few digits as each kind of piece needs (rows of one stack, offsets in the vector):
+    # pieces of one kind share a width, so their kernels stay identical, and fewer digits
+    # trace faster and coincide less often (a repeated digit is a distinct kernel).
+    vector_width = digit_width(layout.vector_size)
     out: list[jax.Array] = []
     for plan, ref, static in zip(layout.leaves, like, starts, strict=True):
-        start = runtime_offset(static, digits, width)
         dtype = jnp.result_type(ref)
         if plan.empty:
             out.append(jnp.zeros(plan.shape, dtype))
             continue
         if plan.vector:
             size = math.prod(plan.merged)
+            start = runtime_offset(static, digits, vector_width)
             x = jax.lax.dynamic_slice_in_dim(blocks.vector, start, size)
         elif plan.uniform:
             first = plan.blocks[0]
             kind = layout.kinds[first.kind]
             stack = blocks.stacks[first.kind]
             if len(plan.blocks) < kind.count:
+                start = runtime_offset(static, digits, digit_width(kind.count))
                 stack = jax.lax.dynamic_slice_in_dim(stack, start, len(plan.blocks))
             x = _blocks_to_leaf(stack, plan, kind.shape)
         else:
             x = jnp.zeros(plan.merged, blocks.stacks[plan.blocks[0].kind].dtype)
             for block in plan.blocks:
+                width = digit_width(layout.kinds[block.kind].count)
                 row = runtime_offset(block.position, digits, width)
                 piece = jax.lax.dynamic_index_in_dim(blocks.stacks[block.kind], row, 0, False)
                 x = jax.lax.dynamic_update_slice(x, piece, block.starts)
