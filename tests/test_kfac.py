@@ -443,6 +443,38 @@ def test_layers_option_for_pure_jax_params():
     assert rel(np.concatenate([u["w"], u["b"][None]]), reference) < 1e-4
 
 
+def test_layers_of_one_shape_are_preconditioned_each_with_its_own_factors():
+    # Layers of one shape share one batched product: "a" and "c" (8 -> 16) have their A
+    # factors in consecutive rows of the 9 x 9 group and their G factors in rows 0 and 2 of the
+    # 16 x 16 group (layer "b"'s G between them): both the slice and the gather path. Each
+    # layer's update must be its own damped (A + pi r I)^{-1} dWbar (G + r / pi I)^{-1}
+    # (Martens & Grosse sec. 6.3), in float64, whatever its neighbours.
+    shapes = {"a": (8, 16), "b": (16, 16), "c": (8, 16), "d": (16, 16)}
+    params = {k: {"kernel": jnp.zeros(s), "bias": jnp.zeros(s[1])} for k, s in shapes.items()}
+
+    def spd(d):
+        m = RNG.normal(size=(d, 2 * d))
+        return (m @ m.T / (2 * d) + 0.5 * np.eye(d)).astype(np.float32)
+
+    curvature = {k: optlab.KFACFactors(spd(s[0] + 1), spd(s[1])) for k, s in shapes.items()}
+    grads = jax.tree.map(lambda x: jnp.asarray(RNG.normal(size=x.shape), jnp.float32), params)
+    lam = 0.1
+    tx = optlab.scale_by_kfac(damping=lam, precondition_every=1)
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params, curvature=curvature)
+    for name, (d_in, d_out) in shapes.items():
+        big_a, big_g = f64(curvature[name].a), f64(curvature[name].g)
+        pi = np.sqrt((np.trace(big_a) / (d_in + 1)) / (np.trace(big_g) / d_out))
+        d = np.concatenate([f64(grads[name]["kernel"]), f64(grads[name]["bias"])[None]])
+        ridge_a, ridge_g = pi * np.sqrt(lam), np.sqrt(lam) / pi
+        reference = np.linalg.solve(big_a + ridge_a * np.eye(d_in + 1), d) @ np.linalg.inv(
+            big_g + ridge_g * np.eye(d_out)
+        )
+        update = np.concatenate([f64(u[name]["kernel"]), f64(u[name]["bias"])[None]])
+        # Factors with eigenvalues in [0.5, ~3.5] plus the ridges: condition numbers < 10, so
+        # float32 inverses and products are within ~1e-6 relative.
+        assert rel(update, reference) < 1e-5, name
+
+
 # -- errors ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "name"),

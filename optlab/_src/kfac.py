@@ -876,6 +876,29 @@ def _precondition_exact(
     return _diagonal_rule(out, grads, factors, plan, lam, digits)
 
 
+def _dense_batches(plan: _Plan) -> list[list[_Layer]]:
+    """Dense layers of one shape (and bias or not) whose factors share their groups: each list
+    is preconditioned by one batched product (one set of kernels, however many layers)."""
+    batches: dict[tuple[int, int, bool, int, int], list[_Layer]] = {}
+    for layer in plan.layers:
+        if layer.kind != "embed":
+            groups = (plan.slots[layer.a_slot][0], plan.slots[layer.g_slot][0])
+            key = (layer.d_in, layer.d_out, layer.bias is not None, *groups)
+            batches.setdefault(key, []).append(layer)
+    return list(batches.values())
+
+
+def _slot_stack(buffer: jax.Array, plan: _Plan, slots: Sequence[int]) -> jax.Array:
+    """``[n, d, d]``: the matrices of ``slots`` (one group): a slice of the group's stack when
+    their rows follow each other (layers of one shape in a row), a gather otherwise."""
+    group = plan.layout.groups[plan.slots[slots[0]][0]]
+    stack = kron.group_stack(_matrix_part(buffer, plan.layout), group)
+    rows = [plan.slots[s][1] for s in slots]
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return jax.lax.slice_in_dim(stack, rows[0], rows[0] + len(rows))
+    return stack[np.asarray(rows)]
+
+
 def _precondition(
     grads: list[jax.Array],
     factors: jax.Array,
@@ -884,22 +907,33 @@ def _precondition(
     lam: jax.Array,
     digits: Sequence[jax.Array],
 ) -> list[jax.Array]:
-    """Factored damping: ``(A + r_A I)^{-1} dWbar (G + r_G I)^{-1}`` from the stored inverses."""
+    """Factored damping: ``(A + r_A I)^{-1} dWbar (G + r_G I)^{-1}`` from the stored inverses,
+    batched over the layers of one shape; each layer's result is read at a row written with
+    ``digits`` (one kernel per shape, not per layer)."""
     out = list(grads)
+    for batch in _dense_batches(plan):
+        w = []
+        for layer in batch:
+            wi = grads[layer.kernel].reshape(layer.d_in, layer.d_out)
+            if layer.bias is not None:
+                wi = jnp.concatenate([wi, grads[layer.bias][None, :]])
+            w.append(wi)
+        a_inv = _slot_stack(inverses, plan, [layer.a_slot for layer in batch])
+        g_inv = _slot_stack(inverses, plan, [layer.g_slot for layer in batch])
+        u = matmul(matmul(a_inv, jnp.stack(w)), g_inv)
+        width = digit_width(len(batch))
+        for i, layer in enumerate(batch):
+            ui = jax.lax.dynamic_index_in_dim(u, runtime_offset(i, digits, width), 0, False)
+            out[layer.kernel] = ui[: layer.d_in].reshape(grads[layer.kernel].shape)
+            if layer.bias is not None:
+                out[layer.bias] = ui[layer.d_in]
     for layer in plan.layers:
-        kernel = grads[layer.kernel]
-        g_inv = _slot_matrix(inverses, plan, layer.g_slot, digits)
-        w = kernel.reshape(layer.d_in, layer.d_out)
         if layer.kind == "embed":
+            kernel = grads[layer.kernel]
+            g_inv = _slot_matrix(inverses, plan, layer.g_slot, digits)
             a_inv = _embed_vector(inverses, plan, layer.a_slot, digits)
+            w = kernel.reshape(layer.d_in, layer.d_out)
             out[layer.kernel] = matmul(w * a_inv[:, None], g_inv).reshape(kernel.shape)
-            continue
-        if layer.bias is not None:
-            w = jnp.concatenate([w, grads[layer.bias][None, :]])
-        u = matmul(matmul(_slot_matrix(inverses, plan, layer.a_slot, digits), w), g_inv)
-        out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
-        if layer.bias is not None:
-            out[layer.bias] = u[layer.d_in]
     return _diagonal_rule(out, grads, factors, plan, lam, digits)
 
 
