@@ -930,9 +930,9 @@ def test_old_factors_count_toward_the_bound():
 
 
 def test_momentum_that_would_overflow_keeps_its_value_and_the_step_is_counted():
-    # A finite preconditioned update of 3e38 on top of a momentum of 3e38 overflows float32:
-    # the momentum keeps its value, the update is zeroed, the step counted; K-FAC's factors
-    # (finite) keep the step.
+    # A finite preconditioned update of 3e38 on top of a momentum of 3e38 overflows float32 in
+    # every entry: the momentum keeps its value (entry by entry), the update is zeroed, the
+    # step counted; K-FAC's factors (finite) keep the step.
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(31))
     params = nnx.state(model, nnx.Param)
     tx = optlab.kfac(1.0, damping=1.0, momentum=0.9, start_preconditioning_step=10)
@@ -947,6 +947,29 @@ def test_momentum_that_would_overflow_keeps_its_value_and_the_step_is_counted():
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
     chex_equal(state2.inner[1].trace, trace)
     assert int(state2.inner[0].count) == 2
+
+
+def test_only_the_momentum_entries_that_would_overflow_keep_their_value():
+    # Before the start the update is the gradient: the momentum is m1 = g, then
+    # m2 = 0.9 m1 + g, which overflows float32 only where g = 3e38. That entry keeps 3e38, the
+    # others take the step (1.9); the update, NaN there, is zeroed whole and the step counted.
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(31))
+    params = nnx.state(model, nnx.Param)
+    tx = optlab.kfac(1.0, damping=1.0, momentum=0.9, start_preconditioning_step=10)
+    state = tx.init(params)
+    grads = jax.tree.map(
+        lambda p: jnp.ones_like(p).at[0, 0].set(3e38) if p.ndim == 2 else jnp.ones_like(p), params
+    )
+    curvature = {"": optlab.KFACFactors(jnp.eye(4), jnp.eye(2))}
+    _, state = tx.update(grads, state, params, curvature=curvature)
+    updates, state = tx.update(grads, state, params, curvature=curvature)
+    assert int(state.skipped_steps) == 1
+    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+    kernel = np.asarray(state.inner[1].trace["kernel"])
+    assert kernel[0, 0] == np.float32(3e38)
+    expected = np.float32(np.float32(0.9) * np.float32(1.0) + np.float32(1.0))
+    assert np.all(np.delete(kernel.ravel(), 0) == expected)
+    assert np.all(np.asarray(state.inner[1].trace["bias"]) == expected)
 
 
 def chex_equal(a, b):

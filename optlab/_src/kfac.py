@@ -1121,17 +1121,19 @@ def _momentum(decay: float | jax.Array) -> optax.GradientTransformation:
 
     The guard of :func:`kfac` decides before the step from K-FAC's factors; the momentum of a
     finite update could still overflow (``|u| + decay |m|`` past the largest float). Then the
-    momentum keeps its previous value and the update is NaN, which the guard zeroes and counts
-    as a skipped step. An element-wise select: no copy of a whole state.
+    entries that overflow keep their previous value and the update is NaN there, which the
+    guard zeroes (the whole update) and counts as a skipped step; like K-FAC's factors, the
+    other entries keep the step. Element-wise selects fused into the momentum's own
+    arithmetic: no per-leaf reduction, no copy of a whole state.
     """
     trace = optax.trace(decay=decay)
 
     def update_fn(updates, state, params=None):
         new_updates, new_state = trace.update(updates, state, params)
-        ok = tree_all_finite(new_state)
-        new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
-        new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.nan), new_updates)
-        return new_updates, new_state
+        ok = jax.tree.map(jnp.isfinite, new_state.trace)
+        new_updates = jax.tree.map(lambda u, f: jnp.where(f, u, jnp.nan), new_updates, ok)
+        kept = jax.tree.map(jnp.where, ok, new_state.trace, state.trace)
+        return new_updates, new_state._replace(trace=kept)
 
     return optax.GradientTransformation(trace.init, update_fn)
 
