@@ -44,10 +44,9 @@ is reported (``OtherCpuLoad``).
 Must show (issue 18): each optlab optimizer's compile time at most 3x optax.adamw's (same model,
 same kind of step) and at most linear in depth: ``t(L_max) / t(L_min) <= L_max / L_min``.
 
-Run (37 minutes on the project's 2-core CPU under heavy load from other jobs, for every
-optimizer but SAM, whose train step was run at 25/50 layers and 6/12 blocks only: its NaN
-guard's program grows quadratically with the leaves, see benchmarks/RESULTS.md; ``--quick``
-for a smaller sweep, ``--optimizers`` for a subset)::
+Run (7 minutes for every optimizer, 2 compiles each, on the project's 2-core CPU when it is
+otherwise idle, half of it SAM's and AdamW's transformer train steps; ``--quick`` for a smaller
+sweep, ``--optimizers`` for a subset)::
 
     python benchmarks/compile_time.py [--out benchmarks/results/compile_time.md] [--json F]
 """
