@@ -626,7 +626,10 @@ def _preconditioner(
             # 0 / 0 (a zero gradient) is NaN: then nothing to clip.
             scale = jnp.where(jnp.isnan(bound), 1.0, jnp.minimum(1.0, jnp.sqrt(bound)))
             out = [u * scale.astype(dtype) for u in out]
-        out = jax.lax.cond(state.count >= start, lambda: out, lambda: grads)
+        # The gradient itself before the start: a select that fuses into each leaf's last
+        # elementwise step (a lax.cond over the leaves made XLA copy both lists).
+        started = state.count >= start
+        out = [jnp.where(started, u, g) for u, g in zip(out, grads)]
         new_state = KFACState(
             count=optax.safe_increment(state.count),
             factors=factors,
