@@ -263,8 +263,9 @@ def digit_width(largest: int) -> int:
 def runtime_offset(value: int, digits: Sequence[jax.Array], width: int) -> jax.Array | int:
     """``value`` as ``sum_j digits[d_j] * DIGIT_BASE**j`` over ``width`` digits (equal to it
     when ``digits`` is :func:`runtime_digits` from the state), or ``value`` itself when
-    ``digits`` is empty (no state: a constant). Use one ``width`` for every piece of a call:
-    the pieces' kernels are then identical."""
+    ``digits`` is empty (no state: a constant). Use one ``width`` for every piece of one kind
+    (rows of one stack, offsets into one vector): their kernels are then identical; fewer
+    digits trace faster and coincide less often (a repeated digit makes a distinct kernel)."""
     if not digits:
         return value
     # Horner's rule on lax primitives (a third of the tracing time of jnp's operators).
