@@ -15,6 +15,8 @@ from optlab._src.common import (
     max_abs_within,
     runtime_digits,
     runtime_offset,
+    runtime_row,
+    runtime_slice,
     skip_nonfinite,
     square_sums,
 )
@@ -194,3 +196,23 @@ def test_runtime_offset_writes_every_value_with_the_state_digits(largest):
     np.testing.assert_array_equal(np.asarray(written(digits)), values)
     # Without digits (a stateless caller) the value itself, a Python int.
     assert [runtime_offset(v, (), width) for v in values] == values
+
+
+@pytest.mark.parametrize("length", [1, 16, 17, 300])
+def test_runtime_slice_and_row_cut_what_indexing_cuts(length):
+    # Every start of an array whose length needs one, two or three digits, with the state's
+    # digits (inside jit) and without (constant slices): the same entries as Python indexing.
+    x = jnp.arange(length * 3, dtype=jnp.float32).reshape(length, 3)
+    starts = sorted({0, length // 2, length - 1})
+
+    @jax.jit
+    def cut(x, digits):
+        return [runtime_slice(x, s, length - s, digits) for s in starts], [
+            runtime_row(x, s, digits) for s in starts
+        ]
+
+    for digits in (runtime_digits(), ()):
+        slices, rows = cut(x, digits)
+        for s, piece, row in zip(starts, slices, rows, strict=True):
+            np.testing.assert_array_equal(np.asarray(piece), np.asarray(x)[s:])
+            np.testing.assert_array_equal(np.asarray(row), np.asarray(x)[s])

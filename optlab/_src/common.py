@@ -276,6 +276,20 @@ def runtime_offset(value: int, digits: Sequence[jax.Array], width: int) -> jax.A
     return total
 
 
+def runtime_slice(x: jax.Array, start: int, size: int, digits: Sequence[jax.Array]) -> jax.Array:
+    """``x[start : start + size]`` (axis 0) at an offset written with ``digits`` in as many
+    digits as ``x``'s length needs (:func:`runtime_offset`): every cut of one array shares a
+    kernel; a constant slice when ``digits`` is empty."""
+    offset = runtime_offset(start, digits, digit_width(x.shape[0]))
+    return jax.lax.dynamic_slice_in_dim(x, offset, size)
+
+
+def runtime_row(x: jax.Array, row: int, digits: Sequence[jax.Array]) -> jax.Array:
+    """``x[row]`` at a row written with ``digits``, as :func:`runtime_slice`."""
+    offset = runtime_offset(row, digits, digit_width(x.shape[0]))
+    return jax.lax.dynamic_index_in_dim(x, offset, 0, keepdims=False)
+
+
 class SkipNonFiniteState(NamedTuple):
     """State of an optlab optimizer under the NaN/Inf policy (:func:`skip_nonfinite`).
 

@@ -32,10 +32,10 @@ from optlab._src.common import (
     check_learning_rate,
     check_number,
     combine,
-    digit_width,
     guarded_optimizer,
     runtime_digits,
-    runtime_offset,
+    runtime_row,
+    runtime_slice,
     skip_nonfinite,
     tree_all_finite,
 )
@@ -778,13 +778,6 @@ def _eigenvalues_size(plan: _Plan) -> int:
     return sum(g.count * g.dim for g in plan.layout.groups)
 
 
-def _cut(buffer: jax.Array, start: int, size: int, digits: Sequence[jax.Array]) -> jax.Array:
-    """``buffer[start : start + size]`` at an offset written with the state's ``digits``: every
-    layer of one shape then shares one kernel (``common.runtime_digits``); constant without."""
-    offset = runtime_offset(start, digits, digit_width(buffer.shape[0]))
-    return jax.lax.dynamic_slice_in_dim(buffer, offset, size)
-
-
 def _slot_matrix(
     buffer: jax.Array, plan: _Plan, slot: int, digits: Sequence[jax.Array]
 ) -> jax.Array:
@@ -793,9 +786,7 @@ def _slot_matrix(
     digits of an offset coincide (XLA then merges the repeated scalar operand)."""
     gi, pos = plan.slots[slot]
     group = plan.layout.groups[gi]
-    stack = kron.group_stack(_matrix_part(buffer, plan.layout), group)
-    row = runtime_offset(pos, digits, digit_width(group.count))
-    return jax.lax.dynamic_index_in_dim(stack, row, 0, keepdims=False)
+    return runtime_row(kron.group_stack(_matrix_part(buffer, plan.layout), group), pos, digits)
 
 
 def _slot_eigenvalues(
@@ -805,8 +796,7 @@ def _slot_eigenvalues(
     groups = plan.layout.groups
     start = sum(g.count * g.dim for g in groups[:gi])
     stack = jax.lax.slice_in_dim(eigenvalues, start, start + groups[gi].size // groups[gi].dim)
-    row = runtime_offset(pos, digits, digit_width(groups[gi].count))
-    return jax.lax.dynamic_index_in_dim(stack.reshape(groups[gi].count, -1), row, 0, False)
+    return runtime_row(stack.reshape(groups[gi].count, -1), pos, digits)
 
 
 def _embed_vector(
@@ -816,8 +806,8 @@ def _embed_vector(
     size = plan.embed_sizes[index]
     if plan.layout.shards > 1:
         tail = _tail(inverses, plan.layout, plan.embed_size)
-        return _cut(tail, int(offsets[index]), size, digits)
-    return _cut(inverses, plan.layout.matrix_size + int(offsets[index]), size, digits)
+        return runtime_slice(tail, int(offsets[index]), size, digits)
+    return runtime_slice(inverses, plan.layout.matrix_size + int(offsets[index]), size, digits)
 
 
 def _refresh_exact(factors: jax.Array, old: jax.Array, plan: _Plan) -> tuple[jax.Array, jax.Array]:
@@ -845,6 +835,21 @@ def _refresh_exact(factors: jax.Array, old: jax.Array, plan: _Plan) -> tuple[jax
     return jnp.concatenate([*vectors, embed, *values]).astype(dtype), rejected
 
 
+def _with_bias_row(grads: list[jax.Array], layer: _Layer) -> jax.Array:
+    """``dWbar``: the kernel's gradient as ``[d_in, d_out]``, the bias's as a last row."""
+    w = grads[layer.kernel].reshape(layer.d_in, layer.d_out)
+    if layer.bias is None:
+        return w
+    return jnp.concatenate([w, grads[layer.bias][None, :]])
+
+
+def _write_layer(out: list[jax.Array], grads: list[jax.Array], layer: _Layer, u: jax.Array):
+    """Inverse of :func:`_with_bias_row`: ``u``'s rows into the kernel's and bias's leaves."""
+    out[layer.kernel] = u[: layer.d_in].reshape(grads[layer.kernel].shape)
+    if layer.bias is not None:
+        out[layer.bias] = u[layer.d_in]
+
+
 def _precondition_exact(
     grads: list[jax.Array],
     factors: jax.Array,
@@ -861,21 +866,17 @@ def _precondition_exact(
         kernel = grads[layer.kernel]
         q_g = _slot_matrix(vectors, plan, layer.g_slot, digits)
         d_g = _slot_eigenvalues(values, plan, layer.g_slot, digits)
-        w = kernel.reshape(layer.d_in, layer.d_out)
         if layer.kind == "embed":
+            w = kernel.reshape(layer.d_in, layer.d_out)
             d_a = _embed_vector(vectors, plan, layer.a_slot, digits)
             u = matmul(matmul(w, q_g) / (d_a[:, None] * d_g[None, :] + lam), q_g.T)
             out[layer.kernel] = u.reshape(kernel.shape)
             continue
-        if layer.bias is not None:
-            w = jnp.concatenate([w, grads[layer.bias][None, :]])
+        w = _with_bias_row(grads, layer)
         q_a = _slot_matrix(vectors, plan, layer.a_slot, digits)
         d_a = _slot_eigenvalues(values, plan, layer.a_slot, digits)
         rotated = matmul(matmul(q_a.T, w), q_g) / (d_a[:, None] * d_g[None, :] + lam)
-        u = matmul(matmul(q_a, rotated), q_g.T)
-        out[layer.kernel] = u[: layer.d_in].reshape(kernel.shape)
-        if layer.bias is not None:
-            out[layer.bias] = u[layer.d_in]
+        _write_layer(out, grads, layer, matmul(matmul(q_a, rotated), q_g.T))
     return _diagonal_rule(out, grads, factors, plan, lam, digits)
 
 
@@ -915,21 +916,12 @@ def _precondition(
     ``digits`` (one kernel per shape, not per layer)."""
     out = list(grads)
     for batch in _dense_batches(plan):
-        w = []
-        for layer in batch:
-            wi = grads[layer.kernel].reshape(layer.d_in, layer.d_out)
-            if layer.bias is not None:
-                wi = jnp.concatenate([wi, grads[layer.bias][None, :]])
-            w.append(wi)
+        w = jnp.stack([_with_bias_row(grads, layer) for layer in batch])
         a_inv = _slot_stack(inverses, plan, [layer.a_slot for layer in batch])
         g_inv = _slot_stack(inverses, plan, [layer.g_slot for layer in batch])
-        u = matmul(matmul(a_inv, jnp.stack(w)), g_inv)
-        width = digit_width(len(batch))
+        u = matmul(matmul(a_inv, w), g_inv)
         for i, layer in enumerate(batch):
-            ui = jax.lax.dynamic_index_in_dim(u, runtime_offset(i, digits, width), 0, False)
-            out[layer.kernel] = ui[: layer.d_in].reshape(grads[layer.kernel].shape)
-            if layer.bias is not None:
-                out[layer.bias] = ui[layer.d_in]
+            _write_layer(out, grads, layer, runtime_row(u, i, digits))
     for layer in plan.layers:
         if layer.kind == "embed":
             kernel = grads[layer.kernel]
@@ -954,7 +946,7 @@ def _diagonal_rule(
         start = plan.embed_size
         for i in plan.diag_leaves:
             size = math.prod(grads[i].shape)
-            vi = _cut(v, start, size, digits).reshape(grads[i].shape)
+            vi = runtime_slice(v, start, size, digits).reshape(grads[i].shape)
             out[i] = grads[i] / (vi + lam)
             start += size
     return out

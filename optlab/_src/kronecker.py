@@ -69,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab import linalg
-from optlab._src.common import digit_width, runtime_offset
+from optlab._src.common import runtime_row, runtime_slice
 from optlab.linalg import _lapack
 from optlab.linalg._ops import matmul
 from optlab.linalg._ordering import after
@@ -468,10 +468,8 @@ def from_blocks(
     one per layer (see there); empty: constant rows.
     """
     starts = leaf_starts(layout)
-    # As few digits as each kind of piece needs (rows of one stack, offsets in the vector):
-    # pieces of one kind share a width, so their kernels stay identical, and fewer digits
-    # trace faster and coincide less often (a repeated digit is a distinct kernel).
-    vector_width = digit_width(layout.vector_size)
+    # Rows of a stack and offsets in the vector are written in as many digits as that array's
+    # length needs (common.runtime_slice): pieces of one array share their kernels.
     out: list[jax.Array] = []
     for plan, ref, static in zip(layout.leaves, like, starts, strict=True):
         dtype = jnp.result_type(ref)
@@ -480,22 +478,18 @@ def from_blocks(
             continue
         if plan.vector:
             size = math.prod(plan.merged)
-            start = runtime_offset(static, digits, vector_width)
-            x = jax.lax.dynamic_slice_in_dim(blocks.vector, start, size)
+            x = runtime_slice(blocks.vector, static, size, digits)
         elif plan.uniform:
             first = plan.blocks[0]
             kind = layout.kinds[first.kind]
             stack = blocks.stacks[first.kind]
             if len(plan.blocks) < kind.count:
-                start = runtime_offset(static, digits, digit_width(kind.count))
-                stack = jax.lax.dynamic_slice_in_dim(stack, start, len(plan.blocks))
+                stack = runtime_slice(stack, static, len(plan.blocks), digits)
             x = _blocks_to_leaf(stack, plan, kind.shape)
         else:
             x = jnp.zeros(plan.merged, blocks.stacks[plan.blocks[0].kind].dtype)
             for block in plan.blocks:
-                width = digit_width(layout.kinds[block.kind].count)
-                row = runtime_offset(block.position, digits, width)
-                piece = jax.lax.dynamic_index_in_dim(blocks.stacks[block.kind], row, 0, False)
+                piece = runtime_row(blocks.stacks[block.kind], block.position, digits)
                 x = jax.lax.dynamic_update_slice(x, piece, block.starts)
         out.append(x.reshape(plan.shape).astype(dtype))
     return out

@@ -93,10 +93,9 @@ from optlab._src.common import (
     check_learning_rate,
     check_number,
     combine,
-    digit_width,
     max_abs_within,
     runtime_digits,
-    runtime_offset,
+    runtime_slice,
     skip_nonfinite,
 )
 from optlab.linalg.orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize
@@ -503,15 +502,13 @@ def _orthogonalize_tree(
             coefficients=leaf_coefficients,
             compute_dtype=compute_dtype,
         )
-        width = digit_width(ortho.shape[0])
         offset = 0
         for i, mat in zip(members, group, strict=True):
             n = mat.shape[0]
             if len(members) == 1:
                 outs[i] = ortho
             else:
-                start = runtime_offset(offset, digits, width)
-                outs[i] = jax.lax.dynamic_slice_in_dim(ortho, start, n)
+                outs[i] = runtime_slice(ortho, offset, n, digits)
             offset += n
 
     new_leaves = []
