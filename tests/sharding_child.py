@@ -101,6 +101,14 @@ BUFFERS = {
     optlab.KFACState: ("factors", "inverses"),
 }
 
+#: Elementwise state in the engine's layout (``kron.pack_elements``): compared by its real
+#: entries (the sharded buffer is zero-padded to a multiple of the devices).
+ELEMENTS = {
+    optlab.ShampooState: ("graft",),
+    optlab.SoapState: ("mu", "nu"),
+    optlab.KFACState: (),
+}
+
 HOST_CALLS: list[tuple[str, tuple[int, ...]]] = []
 
 
@@ -194,10 +202,29 @@ def _real_stacks(state: Any, layout: kron.Layout) -> dict[str, list[np.ndarray]]
     return out
 
 
+def _element_buffers(state: Any) -> dict[str, jax.Array]:
+    """The engine state's element buffers (``ELEMENTS``; a grafting state's 1-D or 2-D array)."""
+    engine = _engine_state(state)
+    out = {}
+    for field in ELEMENTS[type(engine)]:
+        for i, x in enumerate(jax.tree.leaves(getattr(engine, field))):
+            if x.ndim:
+                out[f"{field}.{i}"] = x
+    return out
+
+
+def _real_elements(state: Any, layout: kron.Layout) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(x).ravel()[: layout.element_size]
+        for name, x in _element_buffers(state).items()
+    }
+
+
 def _others(state: Any) -> list[Any]:
-    """Every state leaf but the engine buffers (compared as they are)."""
+    """Every state leaf but the engine's buffers (compared as they are)."""
     engine = _engine_state(state)
     skip = {id(getattr(engine, f)) for f in BUFFERS[type(engine)]}
+    skip |= {id(x) for x in _element_buffers(state).values()}
     return [x for x in jax.tree.leaves(state) if id(x) not in skip]
 
 
@@ -277,8 +304,20 @@ def run_case(name: str, fsdp: bool, mesh: Mesh) -> dict[str, Any]:
     single, sharded = _layout(name, 1), _layout(name, _N_DEVICES)
     rtol = next(s.rtol for s in SUBJECTS if s.name == name)
     mismatches = leaf_mismatches(
-        (ref_params, ref_updates, _others(ref_state), _real_stacks(ref_state, single)),
-        (sh_params, updates, _others(state), _real_stacks(state, sharded)),
+        (
+            ref_params,
+            ref_updates,
+            _others(ref_state),
+            _real_stacks(ref_state, single),
+            _real_elements(ref_state, single),
+        ),
+        (
+            sh_params,
+            updates,
+            _others(state),
+            _real_stacks(state, sharded),
+            _real_elements(state, sharded),
+        ),
         rtol,
     )
     engine, ref_engine = _engine_state(state), _engine_state(ref_state)
@@ -291,6 +330,15 @@ def run_case(name: str, fsdp: bool, mesh: Mesh) -> dict[str, Any]:
             "bytes": x.nbytes,
             "device_bytes": _device_bytes(x),
             "single_device_bytes": getattr(ref_engine, field).nbytes,
+        }
+    ref_elements = _element_buffers(ref_state)
+    for field, x in _element_buffers(state).items():
+        buffers[field] = {
+            "shape": list(x.shape),
+            "spec": str(x.sharding.spec),
+            "bytes": x.nbytes,
+            "device_bytes": _device_bytes(x),
+            "single_device_bytes": ref_elements[field].nbytes,
         }
     per_device: Counter[str] = Counter()
     for leaf in jax.tree.leaves(state):

@@ -142,6 +142,53 @@ def test_blocks_round_trip_and_match_numpy_slices(name):
         np.testing.assert_array_equal(y, x)
 
 
+@pytest.mark.parametrize("name", list(LEAF_SETS))
+@pytest.mark.parametrize("shards", [1, 3])
+def test_element_buffers_hold_every_entry_once_in_stack_order(name, shards):
+    # An element buffer is the stacks raveled in kind order, then the vector, zero-padded to a
+    # multiple of the shards: checked against numpy's concatenation, exactly (data movement).
+    shapes, kw = LEAF_SETS[name]
+    rng = np.random.default_rng(1)
+    leaves = [f32(rng, s) for s in shapes]
+    layout = kron.shard_layout(layout_of(leaves, **kw), shards)
+    blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
+    buffer = kron.pack_elements(blocks, layout, jnp.float32)
+    assert buffer.shape == layout.elements_shape
+    assert layout.element_size == sum(x.size for x in leaves)
+    expected = [np.stack(ref).ravel() for ref in blocks_np(leaves, layout)]
+    expected += [x.ravel() for x, p in zip(leaves, layout.leaves) if p.vector]
+    expected = np.concatenate(expected) if expected else np.zeros(0)
+    flat = np.asarray(buffer).ravel()
+    np.testing.assert_array_equal(flat[: layout.element_size], expected)
+    np.testing.assert_array_equal(flat[layout.element_size :], 0)
+    assert len(flat) - layout.element_size < shards
+    back = kron.unpack_elements(buffer, layout)
+    for x, y in zip(back.stacks, blocks.stacks, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert (back.vector is None) == (blocks.vector is None)
+    if back.vector is not None:
+        np.testing.assert_array_equal(back.vector, blocks.vector)
+    zero = kron.zero_elements(layout, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    assert zero.shape == buffer.shape and not np.asarray(zero).any()
+
+
+def test_largest_square_sum_bounds_every_block_and_vector_entry():
+    rng = np.random.default_rng(2)
+    leaves = [f32(rng, (8, 12)), f32(rng, (10, 7), 3.0), f32(rng, (5,), 4.0), f32(rng, ())]
+    layout = layout_of(leaves)
+    blocks = kron.to_blocks([jnp.asarray(x) for x in leaves], layout, jnp.float32)
+    per_block = [np.sum(b**2) for ref in blocks_np(leaves, layout) for b in ref]
+    entries = np.concatenate([leaves[2].ravel(), leaves[3].ravel()]).astype(np.float64) ** 2
+    expected = max(max(per_block), entries.max())
+    # A float32 sum of at most 16 squares: relative error below 16 U.
+    np.testing.assert_allclose(kron.largest_square_sum(blocks), expected, rtol=16 * U)
+    bad = kron.Blocks(blocks.stacks, blocks.vector.at[1].set(jnp.nan))
+    assert np.isnan(kron.largest_square_sum(bad))
+    huge = kron.Blocks((blocks.stacks[0].at[0, 0, 0].set(3e38),) + blocks.stacks[1:], None)
+    assert np.isinf(kron.largest_square_sum(huge))
+    assert float(kron.largest_square_sum(kron.Blocks((), None))) == 0.0
+
+
 def test_from_blocks_returns_the_dtype_of_like():
     leaves = [jnp.ones((4, 6), jnp.bfloat16), jnp.ones(3, jnp.float16)]
     layout = layout_of(leaves)

@@ -27,6 +27,19 @@ U32, U64 = 2.0**-24, 2.0**-53
 
 
 # -- the reference, transcribed ----------------------------------------------------------------
+@pytest.fixture
+def x64():
+    """float64 for the whole test, set process-wide rather than with ``jax.enable_x64``: that
+    context is thread-local, and XLA may run the host LAPACK callbacks of a step on another
+    thread, where jax would then narrow their float64 results to float32 and fail the step."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
 def mode_apply(x, m, axis):
     """``x \\times_axis m``: ``m`` multiplies the ``axis`` index of ``x``."""
     return np.moveaxis(np.tensordot(m, x, axes=([1], [axis])), 0, axis)
@@ -149,16 +162,15 @@ def inner(state) -> SoapState:
 # -- the reference algorithm -------------------------------------------------------------------
 @pytest.mark.parametrize("momentum", ["basis", "raw"])
 @pytest.mark.parametrize("every", [1, 3])
-def test_five_steps_equal_the_reference_in_float64(every, momentum):
+def test_five_steps_equal_the_reference_in_float64(every, momentum, x64):
     # Both momentum conventions are the same map in exact arithmetic (the module docstring of
     # optlab._src.soap): optlab matches either. In float64 the bound is ~1e-12, far inside 1e-5.
     n = 6
-    with jax.enable_x64(True):
-        grads = spectral_gradients(np.random.default_rng(every), n, dtype=np.float64)
-        ref = reference_soap(grads, every=every, momentum=momentum, **HP)
-        outs, state = run(
-            scale_by_soap(precondition_every=every, **HP), [jnp.asarray(g) for g in grads]
-        )
+    grads = spectral_gradients(np.random.default_rng(every), n, dtype=np.float64)
+    ref = reference_soap(grads, every=every, momentum=momentum, **HP)
+    outs, state = run(
+        scale_by_soap(precondition_every=every, **HP), [jnp.asarray(g) for g in grads]
+    )
     scale = max(np.max(np.abs(r)) for r in ref)
     tol = min(1e-5, 2 * 2 * bound_constant(n) * 2 * n * U64 * scale)
     for u, r in zip(outs, ref):
@@ -180,17 +192,16 @@ def test_five_steps_equal_the_reference_in_float32(every):
         np.testing.assert_allclose(u, r, rtol=0, atol=tol)
 
 
-def test_tensor_and_blocks_equal_the_reference_per_axis_and_per_block():
+def test_tensor_and_blocks_equal_the_reference_per_axis_and_per_block(x64):
     # A 3-D tensor has one statistic per axis; a blocked matrix is SOAP on each block.
     rng = np.random.default_rng(3)
-    with jax.enable_x64(True):
-        tensor = [rng.standard_normal((3, 4, 5)) for _ in range(5)]
-        tx = scale_by_soap(precondition_every=2, merge_small_dims=False, **HP)
-        outs, _ = run(tx, [jnp.asarray(g) for g in tensor])
-        for u, r in zip(outs, reference_soap(tensor, every=2, **HP)):
-            np.testing.assert_allclose(u, r, rtol=0, atol=1e-9)
-        matrix = [rng.standard_normal((8, 12)) for _ in range(5)]
-        outs, _ = run(scale_by_soap(precondition_every=2, block_size=4, **HP), matrix)
+    tensor = [rng.standard_normal((3, 4, 5)) for _ in range(5)]
+    tx = scale_by_soap(precondition_every=2, merge_small_dims=False, **HP)
+    outs, _ = run(tx, [jnp.asarray(g) for g in tensor])
+    for u, r in zip(outs, reference_soap(tensor, every=2, **HP)):
+        np.testing.assert_allclose(u, r, rtol=0, atol=1e-9)
+    matrix = [rng.standard_normal((8, 12)) for _ in range(5)]
+    outs, _ = run(scale_by_soap(precondition_every=2, block_size=4, **HP), matrix)
     for i in range(0, 8, 4):
         for j in range(0, 12, 4):
             blocks = [g[i : i + 4, j : j + 4] for g in matrix]
@@ -198,13 +209,12 @@ def test_tensor_and_blocks_equal_the_reference_per_axis_and_per_block():
                 np.testing.assert_allclose(u[i : i + 4, j : j + 4], r, rtol=0, atol=1e-9)
 
 
-def test_ignored_axis_is_not_rotated():
+def test_ignored_axis_is_not_rotated(x64):
     # {2: [1]}: only the rows of a matrix are rotated (a one-sided SOAP).
     rng = np.random.default_rng(4)
-    with jax.enable_x64(True):
-        grads = [rng.standard_normal((4, 6)) for _ in range(5)]  # G G^T: 4 x 4, full rank
-        tx = scale_by_soap(precondition_every=2, ignored_basis_change_dims={2: [1]}, **HP)
-        outs, state = run(tx, grads)
+    grads = [rng.standard_normal((4, 6)) for _ in range(5)]  # G G^T: 4 x 4, full rank
+    tx = scale_by_soap(precondition_every=2, ignored_basis_change_dims={2: [1]}, **HP)
+    outs, state = run(tx, grads)
     for u, r in zip(outs, reference_soap(grads, every=2, rotate=[True, False], **HP)):
         np.testing.assert_allclose(u, r, rtol=0, atol=1e-9)
     assert inner(state).bases.shape == (16,)  # one 4 x 4 basis, none for the columns

@@ -29,8 +29,6 @@ from optlab._src.common import (
     guarded_optimizer,
     runtime_digits,
     skip_nonfinite,
-    square_sums,
-    upcast,
 )
 from optlab._src.sharding import make_placement
 
@@ -107,7 +105,8 @@ class ShampooState(NamedTuple):
       count: steps taken (skipped steps excluded).
       stats: all statistics in one flat buffer (layout: :mod:`optlab._src.kronecker`).
       roots: the current inverse roots of the matrix statistics, same layout without diagonals.
-      graft: the grafting optimizer's state (parameter-shaped, float32 at least).
+      graft: the grafting optimizer's state, its second moments in the engine's layout (one
+        element buffer: :func:`optlab._src.kronecker.pack_elements`), in the statistics' dtype.
       rejected_roots: how many roots were rejected (non-finite or residual too large).
       digits: the int32 scalars 0 .. 15 (constant): the rows at which each leaf is cut out
         of the engine's block stacks are written with them, so that XLA compiles one kernel
@@ -133,10 +132,17 @@ def _graft_transform(name: str, beta2, eps) -> optax.GradientTransformation:
 
 
 def _second_moments(graft_state: optax.OptState) -> Any:
-    """The parameter-shaped second moments of a :func:`_graft_transform` state (None if none)."""
+    """The second moments of a :func:`_graft_transform` state (None for the identity's)."""
     if isinstance(graft_state, optax.ScaleByRssState):
         return graft_state.sum_of_squares
     return getattr(graft_state, "nu", None)
+
+
+def _with_second_moments(graft_state: optax.OptState, moments: Any) -> optax.OptState:
+    """``graft_state`` with its second moments replaced by ``moments``."""
+    if isinstance(graft_state, optax.ScaleByRssState):
+        return graft_state._replace(sum_of_squares=moments)
+    return graft_state._replace(nu=moments)
 
 
 def _root_from_exponent(exponent: float | None) -> int | None:
@@ -256,17 +262,27 @@ def _preconditioner(
             count=jnp.zeros([], jnp.int32),
             stats=jnp.zeros(layout.stats_shape, dtype),
             roots=kron.identity_factors(layout, dtype),
-            graft=graft_tx.init(jax.tree.map(upcast, params)),
+            graft=graft_tx.init(kron.zero_elements(layout, dtype)),
             rejected_roots=jnp.zeros([], jnp.int32),
             digits=runtime_digits(),
         )
 
     def update_fn(updates, state, params=None):
         layout, leaves, treedef = layout_of(updates)
-        grads = kron.to_blocks(leaves, layout, state.stats.dtype)
-        graft_updates, graft_state = graft_tx.update(
-            jax.tree.map(upcast, updates), state.graft, params
-        )
+        dtype = state.stats.dtype
+        grads = kron.to_blocks(leaves, layout, dtype)
+        # The grafting optimizer (optax's) runs on the blocks, its moments kept in the same
+        # layout: no per-leaf conversion of the moments or of its update. "none" and "sgd"
+        # graft the gradient itself.
+        graft_blocks, graft_state = grads, state.graft
+        if grafting not in ("none", "sgd"):
+            moments = kron.unpack_elements(_second_moments(state.graft), layout)
+            graft_blocks, graft_state = graft_tx.update(
+                grads, _with_second_moments(state.graft, moments)
+            )
+            graft_state = _with_second_moments(
+                graft_state, kron.pack_elements(_second_moments(graft_state), layout, dtype)
+            )
         stats = kron.accumulate(state.stats, kron.axis_grams(grads, layout), layout, beta2)
         due = (state.count >= start) & ((state.count - start) % every == 0)
         roots, rejected = jax.lax.cond(
@@ -285,12 +301,6 @@ def _preconditioner(
                 eps_floor=eps_floor,
                 p=diagonal_p,
             ),
-        )
-        # "none" and "sgd" graft the gradient itself, already in blocks.
-        graft_blocks = (
-            grads
-            if grafting in ("none", "sgd")
-            else kron.to_blocks(treedef.flatten_up_to(graft_updates), layout, stats.dtype)
         )
         if grafting != "none":
             direction = kron.graft(direction, graft_blocks, layout)
@@ -312,12 +322,14 @@ def _preconditioner(
         # kron.statistics_bound); the graft's second moments by the same sums of squares (an
         # average of squares) or, for AdaGrad's sums, by the old sums plus them.
         dtype = state.stats.dtype
-        squares = square_sums(updates, dtype)  # NaN or Inf for a bad gradient
-        layout, _, _ = layout_of(updates)
+        layout, leaves, _ = layout_of(updates)
+        # NaN or Inf for a bad gradient. The step forms the same blocks again inside its
+        # conditional: a few concatenations, against a reduction per leaf here.
+        squares = kron.largest_square_sum(kron.to_blocks(leaves, layout, dtype))
         bound = kron.statistics_bound(state.stats, layout, beta2, squares)
-        if grafting == "adagrad":
-            sums = [jnp.max(v).astype(dtype) for v in jax.tree.leaves(_second_moments(state.graft))]
-            bound = jnp.maximum(bound, jnp.max(jnp.stack(sums)) + squares)
+        sums = _second_moments(state.graft)
+        if grafting == "adagrad" and sums.size:
+            bound = jnp.maximum(bound, jnp.max(sums) + squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max
 
     return optax.GradientTransformation(init_fn, update_fn), step_is_safe

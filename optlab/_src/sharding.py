@@ -13,13 +13,13 @@ single-device ones: the padding statistics the split adds are never read.
 ``jax.jit(tx.init, out_shardings=...)`` and the step's in/out shardings (what tearfree's
 partition specs or ``optax.tree.map_params`` give, with the engine's buffers split):
 
-* the engine's buffers (``ShampooState.stats`` / ``roots``, ``SoapState.stats`` / ``bases``,
-  ``KFACState.factors`` / ``inverses``: found by their state types anywhere in the state,
-  under ``optax.chain``, ``partition``, ``masked``, ``inject_hyperparams``, ``MultiSteps``,
-  the NaN guard) along ``axis``;
-* parameter-shaped state (Adam moments, grafting state, momentum, SOAP's moments) like its
-  parameter: replicated for data parallelism, or as the parameters are sharded (FSDP: the
-  ``params`` are arrays, or ``jax.ShapeDtypeStruct``, with a ``NamedSharding``);
+* the engine's buffers (``ShampooState.stats`` / ``roots`` / the grafting moments,
+  ``SoapState.stats`` / ``bases`` / ``mu`` / ``nu``, ``KFACState.factors`` / ``inverses``:
+  found by their state types anywhere in the state, under ``optax.chain``, ``partition``,
+  ``masked``, ``inject_hyperparams``, ``MultiSteps``, the NaN guard) along ``axis``;
+* parameter-shaped state (Adam's moments, momentum) like its parameter: replicated for data
+  parallelism, or as the parameters are sharded (FSDP: the ``params`` are arrays, or
+  ``jax.ShapeDtypeStruct``, with a ``NamedSharding``);
 * everything else (counters, Muon's and SAM's other state) replicated.
 """
 
@@ -73,8 +73,8 @@ def _block_fields() -> dict[type, tuple[str, ...]]:
     from optlab._src.soap import SoapState
 
     return {
-        ShampooState: ("stats", "roots"),
-        SoapState: ("stats", "bases"),
+        ShampooState: ("stats", "roots", "graft"),
+        SoapState: ("stats", "bases", "mu", "nu"),
         KFACState: ("factors", "inverses"),
     }
 
@@ -148,9 +148,10 @@ def state_sharding(
         names = fields.get(type(state))
         if names is None:
             return shardings
-        out = {}
-        for name in names:
-            buffer = getattr(state, name)
+
+        def buffer_sharding(name: str, buffer: Any, sharding: NamedSharding) -> NamedSharding:
+            if not buffer.shape:  # a counter next to a buffer (the grafting state's)
+                return sharding
             shards = buffer.shape[0] if len(buffer.shape) == 2 else 1
             if shards != size:
                 raise ValueError(
@@ -159,7 +160,17 @@ def state_sharding(
                     f"mesh_axis={axis!r}"
                 )
             # A one-device layout (flat buffer) only meets an axis of size 1.
-            out[name] = NamedSharding(mesh, P(axis, *[None] * (len(buffer.shape) - 1)))
+            return NamedSharding(mesh, P(axis, *[None] * (len(buffer.shape) - 1)))
+
+        # A field is a buffer or an optax state holding one (Shampoo's grafting state).
+        out = {
+            name: jax.tree.map(
+                lambda b, s, name=name: buffer_sharding(name, b, s),
+                getattr(state, name),
+                getattr(shardings, name),
+            )
+            for name in names
+        }
         return shardings._replace(**out)
 
     return jax.tree.map(split, abstract, base, is_leaf=lambda x: type(x) in fields)

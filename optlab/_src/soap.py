@@ -28,7 +28,6 @@ from optlab._src.common import (
     guarded_optimizer,
     runtime_digits,
     skip_nonfinite,
-    square_sums,
 )
 from optlab._src.shampoo import _layout_option, _step_option
 from optlab._src.sharding import make_placement
@@ -133,7 +132,8 @@ class SoapState(NamedTuple):
       count: steps taken, the initializing first one included (skipped steps excluded).
       stats: all statistics in one flat buffer (layout: :mod:`optlab._src.kronecker`).
       bases: the eigenbases of the statistics, same layout without the vectors' part.
-      mu: Adam's first moment in the rotated coordinates of each block (parameter-shaped).
+      mu: Adam's first moment in the rotated coordinates of each block, in the engine's layout
+        (one element buffer: :func:`optlab._src.kronecker.pack_elements`).
       nu: Adam's second moment, likewise.
       rejected_bases: how many new bases were rejected (non-finite).
       skipped_refreshes: how many bases were kept by the ``refresh_tolerance`` criterion.
@@ -145,8 +145,8 @@ class SoapState(NamedTuple):
     count: jax.Array
     stats: jax.Array
     bases: jax.Array
-    mu: optax.Updates
-    nu: optax.Updates
+    mu: jax.Array
+    nu: jax.Array
     rejected_bases: jax.Array
     skipped_refreshes: jax.Array
     digits: tuple[jax.Array, ...] = ()
@@ -174,13 +174,6 @@ def _ignored_axes(value: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
                 raise ValueError(f"{message}, got the axis {a!r} for order {order}")
         out.append((int(order), tuple(sorted({int(a) for a in axes}))))
     return tuple(sorted(out))
-
-
-def _blocks_map(fn: Callable[..., jax.Array], *blocks: kron.Blocks) -> kron.Blocks:
-    """``fn`` on every stack (and on the vector, when there is one) of equally laid-out blocks."""
-    stacks = tuple(fn(*xs) for xs in zip(*(b.stacks for b in blocks), strict=True))
-    vector = None if blocks[0].vector is None else fn(*(b.vector for b in blocks))
-    return kron.Blocks(stacks, vector)
 
 
 def _preconditioner(
@@ -240,8 +233,8 @@ def _preconditioner(
             count=jnp.zeros([], jnp.int32),
             stats=jnp.zeros(layout.stats_shape, dtype),
             bases=kron.identity_factors(layout, dtype),
-            mu=jax.tree.map(lambda x: jnp.zeros(np.shape(x), dtype), params),
-            nu=jax.tree.map(lambda x: jnp.zeros(np.shape(x), dtype), params),
+            mu=kron.zero_elements(layout, dtype),
+            nu=kron.zero_elements(layout, dtype),
             rejected_bases=jnp.zeros([], jnp.int32),
             skipped_refreshes=jnp.zeros([], jnp.int32),
             digits=runtime_digits(),
@@ -251,10 +244,10 @@ def _preconditioner(
         del params
         layout, leaves, treedef = layout_of(updates)
         dtype = state.stats.dtype
-        mu_like, nu_like = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         grads = kron.to_blocks(leaves, layout, dtype)
-        mu = kron.to_blocks(mu_like, layout, dtype)
-        nu = kron.to_blocks(nu_like, layout, dtype)
+        # The moments stay in the blocks' layout: no per-leaf conversion each step.
+        mu = kron.unpack_elements(state.mu, layout)
+        nu = kron.unpack_elements(state.nu, layout)
         count = state.count
 
         # optax.scale_by_adam's arithmetic, on the coordinates in the current bases. The first
@@ -265,12 +258,14 @@ def _preconditioner(
             kron.matrix_mode_products(grads.stacks, state.bases, layout, transpose=True),
             grads.vector,
         )
-        mu = _blocks_map(lambda m, x: jnp.where(first, m, (1 - b1) * x + b1 * m), mu, g)
-        nu = _blocks_map(lambda v, x: jnp.where(first, v, (1 - b2) * jnp.square(x) + b2 * v), nu, g)
+        mu = kron.map_blocks(lambda m, x: jnp.where(first, m, (1 - b1) * x + b1 * m), mu, g)
+        nu = kron.map_blocks(
+            lambda v, x: jnp.where(first, v, (1 - b2) * jnp.square(x) + b2 * v), nu, g
+        )
         t = jnp.maximum(count, 1).astype(dtype)  # Adam's step: the first step not counted
         bc1 = 1 - jnp.asarray(b1, dtype) ** t
         bc2 = 1 - jnp.asarray(b2, dtype) ** t
-        rotated = _blocks_map(
+        rotated = kron.map_blocks(
             lambda m, v: jnp.where(first, 0, (m / bc1) / (jnp.sqrt(v / bc2) + eps)), mu, nu
         )
         direction = kron.Blocks(
@@ -314,14 +309,12 @@ def _preconditioner(
                 branch, [first_bases, power_step, keep]
             )
         out = kron.from_blocks(direction, layout, leaves, state.digits)
-        mu_leaves = kron.from_blocks(mu, layout, mu_like, state.digits)
-        nu_leaves = kron.from_blocks(nu, layout, nu_like, state.digits)
         new_state = SoapState(
             count=optax.safe_increment(count),
             stats=stats,
             bases=bases,
-            mu=treedef.unflatten(mu_leaves),
-            nu=treedef.unflatten(nu_leaves),
+            mu=kron.pack_elements(mu, layout, dtype),
+            nu=kron.pack_elements(nu, layout, dtype),
             rejected_bases=state.rejected_bases + rejected,
             skipped_refreshes=state.skipped_refreshes + skipped,
             digits=state.digits,
@@ -330,12 +323,13 @@ def _preconditioner(
 
     def step_is_safe(updates, state: SoapState) -> jax.Array:
         # The statistics as Shampoo's (kron.statistics_bound). A rotation keeps a block's
-        # Frobenius norm, so every rotated entry squared is at most its leaf's sum of squares:
+        # Frobenius norm, so every rotated entry squared is at most its block's sum of squares:
         # the second moment, an average of such squares, stays below the same bound; the first
         # is an average of entries. Bases are finite or rejected.
         dtype = state.stats.dtype
-        squares = square_sums(updates, dtype)  # NaN or Inf for a bad gradient
-        layout, _, _ = layout_of(updates)
+        layout, leaves, _ = layout_of(updates)
+        # NaN or Inf for a bad gradient (the step forms the blocks again: see Shampoo's).
+        squares = kron.largest_square_sum(kron.to_blocks(leaves, layout, dtype))
         bound = jnp.maximum(kron.statistics_bound(state.stats, layout, beta_s, squares), squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max
 
