@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from optlab import analysis, lab, linalg
+from optlab._src.blocked import BlockMomentumState
 from optlab._src.common import SkipNonFiniteState, skip_nonfinite
 from optlab._src.kfac import KFACLayer, KFACState, kfac, kfac_layers, scale_by_kfac
 from optlab._src.kfac_curvature import (
@@ -35,6 +36,7 @@ from optlab._src.soap import SoapState, scale_by_soap, soap
 _LAZY_SUBMODULES = ("bench", "data", "models")
 
 __all__ = [
+    "BlockMomentumState",
     "KFACFactors",
     "KFACLayer",
     "KFACState",

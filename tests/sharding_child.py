@@ -203,13 +203,22 @@ def _real_stacks(state: Any, layout: kron.Layout) -> dict[str, list[np.ndarray]]
 
 
 def _element_buffers(state: Any) -> dict[str, jax.Array]:
-    """The engine state's element buffers (``ELEMENTS``; a grafting state's 1-D or 2-D array)."""
+    """The element buffers: the engine state's (``ELEMENTS``; a grafting state's 1-D or 2-D
+    array) and the momentum's."""
     engine = _engine_state(state)
     out = {}
     for field in ELEMENTS[type(engine)]:
         for i, x in enumerate(jax.tree.leaves(getattr(engine, field))):
             if x.ndim:
                 out[f"{field}.{i}"] = x
+    # Shampoo's momentum (optlab.shampoo), next to the engine's state.
+    momentum = [
+        x
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optlab.BlockMomentumState))
+        if isinstance(x, optlab.BlockMomentumState)
+    ]
+    for i, x in enumerate(momentum):
+        out[f"momentum.{i}"] = x.mu
     return out
 
 

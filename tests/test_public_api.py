@@ -20,6 +20,7 @@ DOCUMENTED = [
     "soap",
     "scale_by_soap",
     "SoapState",
+    "BlockMomentumState",
     "sam",
     "sam_perturb",
     "sam_perturbation",

@@ -217,7 +217,15 @@ def test_state_sharding_walks_optax_structures() -> None:
     assert engine[0].count.spec == graft.count.spec == P()
     flat = jax.tree.leaves(shardings)
     assert all(isinstance(s, NamedSharding) for s in flat)
-    assert sum(s.spec == P("data") for s in flat) == 3  # the three buffers, nothing else
+    (momentum,) = [
+        x
+        for x in jax.tree.leaves(
+            shardings, is_leaf=lambda x: isinstance(x, optlab.BlockMomentumState)
+        )
+        if isinstance(x, optlab.BlockMomentumState)
+    ]
+    assert momentum.mu.spec == P("data") and momentum.count.spec == P()
+    assert sum(s.spec == P("data") for s in flat) == 4  # the four buffers, nothing else
     jax.jit(tx.init, out_shardings=shardings)(params)  # the tree fits tx.init's output
 
 

@@ -17,6 +17,7 @@ import optax
 
 from optlab import linalg
 from optlab._src import kronecker as kron
+from optlab._src.blocked import BlockPreconditioner, blocked_optimizer
 from optlab._src.common import (
     HEADROOM,
     at_least_float32,
@@ -26,9 +27,7 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
-    guarded_optimizer,
     runtime_digits,
-    skip_nonfinite,
 )
 from optlab._src.sharding import make_placement
 
@@ -70,11 +69,12 @@ _MATH = r"""
 
     NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose
     gradient is not finite, or could overflow the statistics or the grafting state (checked
-    before the step: the new diagonals, bounded by the old ones and each leaf's sum of squares,
-    must stay below a quarter of the largest float; a float32 gradient of 1e20 overflows
-    ``G G^T``), is skipped: zero update, state unchanged, ``skipped_steps`` of the
+    before the step: the new diagonals, bounded by the old ones and each block's sum of
+    squares, must stay below a quarter of the largest float; a float32 gradient of 1e20
+    overflows ``G G^T``), is skipped: zero update, state unchanged, ``skipped_steps`` of the
     ``SkipNonFiniteState`` at the top of the state counts it. An update that still comes out
-    non-finite is zeroed and counted too (the state, finite, keeps that step).
+    non-finite, or larger than a leaf's dtype can hold (float16's 65504), is zeroed and counted
+    too (the state, finite, keeps that step); it is checked on the stacked blocks.
     Parameters must be real floating arrays; statistics run in float32 (float64 stays float64)
     and the update comes back in the gradient's dtype; zero-size leaves get a zero-size update.
 
@@ -215,8 +215,9 @@ def _preconditioner(
     eps_floor,
     mesh=None,
     mesh_axis="data",
-) -> tuple[optax.GradientTransformation, Callable[[ShampooState], jax.Array]]:
-    """Shampoo's preconditioning without the NaN guard, and the guard's cheap state check."""
+) -> BlockPreconditioner:
+    """Shampoo's preconditioning on the engine's blocks (:mod:`optlab._src.blocked` guards it
+    and adds the optimizer's other terms)."""
     check_number("beta2", beta2, low=0.0, high=1.0)
     check_number("eps", eps, low=0.0)
     root = _root_from_exponent(_layout_option("exponent", exponent, None))
@@ -267,10 +268,8 @@ def _preconditioner(
             digits=runtime_digits(),
         )
 
-    def update_fn(updates, state, params=None):
-        layout, leaves, treedef = layout_of(updates)
+    def direction_fn(grads: kron.Blocks, state: ShampooState, layout: kron.Layout):
         dtype = state.stats.dtype
-        grads = kron.to_blocks(leaves, layout, dtype)
         # The grafting optimizer (optax's) runs on the blocks, its moments kept in the same
         # layout: no per-leaf conversion of the moments or of its update. "none" and "sgd"
         # graft the gradient itself.
@@ -306,7 +305,6 @@ def _preconditioner(
             direction = kron.graft(direction, graft_blocks, layout)
         # The grafted update alone before the start: chosen on the few stacks, not per leaf.
         direction = jax.lax.cond(state.count >= start, lambda: direction, lambda: graft_blocks)
-        out = kron.from_blocks(direction, layout, leaves, state.digits)
         new_state = ShampooState(
             count=optax.safe_increment(state.count),
             stats=stats,
@@ -315,24 +313,21 @@ def _preconditioner(
             rejected_roots=state.rejected_roots + rejected,
             digits=state.digits,
         )
-        return treedef.unflatten(out), new_state
+        return direction, new_state
 
-    def step_is_safe(updates, state: ShampooState) -> jax.Array:
+    def step_is_safe(grads: kron.Blocks, state: ShampooState, layout: kron.Layout) -> jax.Array:
         # The new statistics are bounded from the old diagonals and the gradient (see
         # kron.statistics_bound); the graft's second moments by the same sums of squares (an
         # average of squares) or, for AdaGrad's sums, by the old sums plus them.
         dtype = state.stats.dtype
-        layout, leaves, _ = layout_of(updates)
-        # NaN or Inf for a bad gradient. The step forms the same blocks again inside its
-        # conditional: a few concatenations, against a reduction per leaf here.
-        squares = kron.largest_square_sum(kron.to_blocks(leaves, layout, dtype))
+        squares = kron.largest_square_sum(grads)  # NaN or Inf for a bad gradient
         bound = kron.statistics_bound(state.stats, layout, beta2, squares)
         sums = _second_moments(state.graft)
         if grafting == "adagrad" and sums.size:
             bound = jnp.maximum(bound, jnp.max(sums) + squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max
 
-    return optax.GradientTransformation(init_fn, update_fn), step_is_safe
+    return BlockPreconditioner(init_fn, layout_of, direction_fn, step_is_safe)
 
 
 def scale_by_shampoo(
@@ -405,7 +400,7 @@ def scale_by_shampoo(
       >>> int(state[0].inner.count), int(state[0].skipped_steps)
       (1, 0)
     """
-    raw, step_is_safe = _preconditioner(
+    pre = _preconditioner(
         "optlab.scale_by_shampoo",
         beta2=beta2,
         eps=eps,
@@ -424,7 +419,7 @@ def scale_by_shampoo(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    return skip_nonfinite(raw, step_is_safe=step_is_safe)
+    return blocked_optimizer(pre)
 
 
 def shampoo(
@@ -452,12 +447,14 @@ def shampoo(
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Shampoo optimizer: preconditioning, momentum, decoupled weight decay, step size.
 
-    ``skip_nonfinite(chain(<scale_by_shampoo's preconditioning>(beta2=b2, eps=eps, ...),
+    What ``skip_nonfinite(chain(<scale_by_shampoo's preconditioning>(beta2=b2, eps=eps, ...),
     ema(b1, debias=True), add_decayed_weights(weight_decay, weight_decay_mask),
-    scale_by_learning_rate(learning_rate)))``: momentum is an exponential moving average of the
-    (grafted) Shampoo updates, as in Distributed Shampoo, so that with Adam grafting the step
-    size matches Adam's; one NaN/Inf guard covers the whole chain (a skipped step leaves the
-    momentum and the schedule untouched too).
+    scale_by_learning_rate(learning_rate)))`` computes, with the momentum, the weight decay and
+    the learning rate applied to the engine's stacked blocks (its momentum kept in their layout)
+    rather than leaf by leaf, which keeps the compile time of deep models down: momentum is an
+    exponential moving average of the (grafted) Shampoo updates, as in Distributed Shampoo, so
+    that with Adam grafting the step size matches Adam's; one NaN/Inf guard covers the whole
+    step (a skipped step leaves the momentum and the schedule untouched too).
     {math}
     Args:
       learning_rate: a float ``>= 0`` or an optax schedule.
@@ -475,8 +472,8 @@ def shampoo(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
-      ``SkipNonFiniteState(inner=(ShampooState, <momentum, weight decay, schedule states>),
-      skipped_steps)``.
+      ``SkipNonFiniteState(inner=(ShampooState, [BlockMomentumState], <learning rate state>),
+      skipped_steps)`` (the momentum's state when ``b1 > 0``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optlab
@@ -491,7 +488,7 @@ def shampoo(
     check_number("b1", b1, low=0.0, high=1.0, high_open=True)
     check_number("b2", b2, low=0.0, high=1.0)
     check_number("weight_decay", weight_decay, low=0.0)
-    raw, step_is_safe = _preconditioner(
+    pre = _preconditioner(
         "optlab.shampoo",
         beta2=b2,
         eps=eps,
@@ -510,13 +507,9 @@ def shampoo(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
-    # not depend on a value that can change.
-    momentum = optax.ema(b1, debias=True) if isinstance(b1, jax.Array) or b1 > 0 else None
-    return guarded_optimizer(
-        raw,
-        step_is_safe,
-        momentum=momentum,
+    return blocked_optimizer(
+        pre,
+        momentum=b1,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         learning_rate=learning_rate,

@@ -14,7 +14,8 @@ single-device ones: the padding statistics the split adds are never read.
 partition specs or ``optax.tree.map_params`` give, with the engine's buffers split):
 
 * the engine's buffers (``ShampooState.stats`` / ``roots`` / the grafting moments,
-  ``SoapState.stats`` / ``bases`` / ``mu`` / ``nu``, ``KFACState.factors`` / ``inverses``:
+  ``SoapState.stats`` / ``bases`` / ``mu`` / ``nu``, Shampoo's momentum
+  (``BlockMomentumState.mu``), ``KFACState.factors`` / ``inverses``:
   found by their state types anywhere in the state, under ``optax.chain``, ``partition``,
   ``masked``, ``inject_hyperparams``, ``MultiSteps``, the NaN guard) along ``axis``;
 * parameter-shaped state (Adam's moments, momentum) like its parameter: replicated for data
@@ -68,6 +69,7 @@ def make_placement(mesh: Mesh | None, mesh_axis: str) -> Placement:
 
 def _block_fields() -> dict[type, tuple[str, ...]]:
     # Imported here: the transforms import this module for make_placement.
+    from optlab._src.blocked import BlockMomentumState
     from optlab._src.kfac import KFACState
     from optlab._src.shampoo import ShampooState
     from optlab._src.soap import SoapState
@@ -76,6 +78,7 @@ def _block_fields() -> dict[type, tuple[str, ...]]:
         ShampooState: ("stats", "roots", "graft"),
         SoapState: ("stats", "bases", "mu", "nu"),
         KFACState: ("factors", "inverses"),
+        BlockMomentumState: ("mu",),
     }
 
 

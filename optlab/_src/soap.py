@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from optlab._src import kronecker as kron
+from optlab._src.blocked import BlockPreconditioner, blocked_optimizer
 from optlab._src.common import (
     HEADROOM,
     at_least_float32,
@@ -25,9 +26,7 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
-    guarded_optimizer,
     runtime_digits,
-    skip_nonfinite,
 )
 from optlab._src.shampoo import _layout_option, _step_option
 from optlab._src.sharding import make_placement
@@ -96,11 +95,12 @@ _MATH = r"""
 
     NaN/Inf (optlab's one policy, :func:`optlab.skip_nonfinite`): a step whose
     gradient is not finite, or could overflow the statistics or moments (decided before the
-    step, as Shampoo does: the new diagonals, bounded by the old ones and each leaf's sum of
+    step, as Shampoo does: the new diagonals, bounded by the old ones and each block's sum of
     squares, must stay below a quarter of the largest float; a float32 gradient of 1e20
     overflows ``G G^T``), is skipped: zero update, state unchanged, ``skipped_steps`` of the
     ``SkipNonFiniteState`` at the top of the state counts it. An update that still comes out
-    non-finite (``eps = 0`` where a rotated gradient is 0) is zeroed and counted too.
+    non-finite (``eps = 0`` where a rotated gradient is 0), or larger than a leaf's dtype can
+    hold, is zeroed and counted too.
     Parameters must be real floating arrays; statistics and moments run in float32 (float64
     stays float64) and the update comes back in the gradient's dtype.
 
@@ -192,8 +192,9 @@ def _preconditioner(
     refresh_tolerance,
     mesh=None,
     mesh_axis="data",
-) -> tuple[optax.GradientTransformation, Callable[..., jax.Array]]:
-    """SOAP's preconditioning without the NaN guard, and the guard's ``step_is_safe``."""
+) -> BlockPreconditioner:
+    """SOAP's preconditioning on the engine's blocks (:mod:`optlab._src.blocked` guards it and
+    adds the optimizer's other terms)."""
     check_number("b1", b1, low=0.0, high=1.0, high_open=True)
     check_number("b2", b2, low=0.0, high=1.0, high_open=True)
     check_number("eps", eps, low=0.0)
@@ -240,11 +241,8 @@ def _preconditioner(
             digits=runtime_digits(),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
-        layout, leaves, treedef = layout_of(updates)
+    def direction_fn(grads: kron.Blocks, state: SoapState, layout: kron.Layout):
         dtype = state.stats.dtype
-        grads = kron.to_blocks(leaves, layout, dtype)
         # The moments stay in the blocks' layout: no per-leaf conversion each step.
         mu = kron.unpack_elements(state.mu, layout)
         nu = kron.unpack_elements(state.nu, layout)
@@ -308,7 +306,6 @@ def _preconditioner(
             bases, mu, nu, rejected, skipped = jax.lax.switch(
                 branch, [first_bases, power_step, keep]
             )
-        out = kron.from_blocks(direction, layout, leaves, state.digits)
         new_state = SoapState(
             count=optax.safe_increment(count),
             stats=stats,
@@ -319,21 +316,19 @@ def _preconditioner(
             skipped_refreshes=state.skipped_refreshes + skipped,
             digits=state.digits,
         )
-        return treedef.unflatten(out), new_state
+        return direction, new_state
 
-    def step_is_safe(updates, state: SoapState) -> jax.Array:
+    def step_is_safe(grads: kron.Blocks, state: SoapState, layout: kron.Layout) -> jax.Array:
         # The statistics as Shampoo's (kron.statistics_bound). A rotation keeps a block's
         # Frobenius norm, so every rotated entry squared is at most its block's sum of squares:
         # the second moment, an average of such squares, stays below the same bound; the first
         # is an average of entries. Bases are finite or rejected.
         dtype = state.stats.dtype
-        layout, leaves, _ = layout_of(updates)
-        # NaN or Inf for a bad gradient (the step forms the blocks again: see Shampoo's).
-        squares = kron.largest_square_sum(kron.to_blocks(leaves, layout, dtype))
+        squares = kron.largest_square_sum(grads)  # NaN or Inf for a bad gradient
         bound = jnp.maximum(kron.statistics_bound(state.stats, layout, beta_s, squares), squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max
 
-    return optax.GradientTransformation(init_fn, update_fn), step_is_safe
+    return BlockPreconditioner(init_fn, layout_of, direction_fn, step_is_safe)
 
 
 def scale_by_soap(
@@ -390,7 +385,7 @@ def scale_by_soap(
       >>> int(state[0].inner.count), int(state[0].inner.rejected_bases)
       (3, 0)
     """
-    raw, step_is_safe = _preconditioner(
+    pre = _preconditioner(
         "optlab.scale_by_soap",
         b1=b1,
         b2=b2,
@@ -406,7 +401,7 @@ def scale_by_soap(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    return skip_nonfinite(raw, step_is_safe=step_is_safe)
+    return blocked_optimizer(pre)
 
 
 def soap(
@@ -430,8 +425,10 @@ def soap(
 ) -> optax.GradientTransformationExtraArgs:
     r"""The SOAP optimizer: SOAP's preconditioned Adam, decoupled weight decay, step size.
 
-    ``skip_nonfinite(chain(<scale_by_soap's preconditioning>(b1, b2, eps, ...),
-    add_decayed_weights(weight_decay, weight_decay_mask), scale_by_learning_rate(lr)))``: AdamW
+    What ``skip_nonfinite(chain(<scale_by_soap's preconditioning>(b1, b2, eps, ...),
+    add_decayed_weights(weight_decay, weight_decay_mask), scale_by_learning_rate(lr)))``
+    computes, the weight decay and the learning rate applied to the engine's stacked blocks
+    rather than leaf by leaf (which keeps the compile time of deep models down): AdamW
     with Adam's moments in the rotated basis. The decay is optax.adamw's, ``W <- W - lr (u + wd
     W)`` on the parameters before the step, every step (the reference decays the parameters
     after its step, a difference of ``lr^2 wd u``, and skips its initializing first step); one
@@ -451,7 +448,7 @@ def soap(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
-      ``SkipNonFiniteState(inner=(SoapState, <weight decay, schedule states>), skipped_steps)``.
+      ``SkipNonFiniteState(inner=(SoapState, <learning rate state>), skipped_steps)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optlab
@@ -464,7 +461,7 @@ def soap(
     """
     check_learning_rate(learning_rate)
     check_number("weight_decay", weight_decay, low=0.0)
-    raw, step_is_safe = _preconditioner(
+    pre = _preconditioner(
         "optlab.soap",
         b1=b1,
         b2=b2,
@@ -480,10 +477,8 @@ def soap(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    return guarded_optimizer(
-        raw,
-        step_is_safe,
-        momentum=None,
+    return blocked_optimizer(
+        pre,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         learning_rate=learning_rate,
