@@ -222,10 +222,12 @@ def _element_buffers(state: Any) -> dict[str, jax.Array]:
     return out
 
 
-def _real_elements(state: Any, layout: kron.Layout) -> dict[str, np.ndarray]:
+def _real_elements(state: Any, like: Any) -> dict[str, np.ndarray]:
+    """The element buffers' entries without the sharded layout's padding (as many as the
+    one-device buffers of ``like``, a state, hold)."""
+    sizes = {name: x.size for name, x in _element_buffers(like).items()}
     return {
-        name: np.asarray(x).ravel()[: layout.element_size]
-        for name, x in _element_buffers(state).items()
+        name: np.asarray(x).ravel()[: sizes[name]] for name, x in _element_buffers(state).items()
     }
 
 
@@ -318,14 +320,14 @@ def run_case(name: str, fsdp: bool, mesh: Mesh) -> dict[str, Any]:
             ref_updates,
             _others(ref_state),
             _real_stacks(ref_state, single),
-            _real_elements(ref_state, single),
+            _real_elements(ref_state, ref_state),
         ),
         (
             sh_params,
             updates,
             _others(state),
             _real_stacks(state, sharded),
-            _real_elements(state, sharded),
+            _real_elements(state, ref_state),
         ),
         rtol,
     )

@@ -20,6 +20,7 @@ state keeping the step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,21 +34,51 @@ from optlab._src.common import SkipNonFiniteState
 
 
 class BlockPreconditioner(NamedTuple):
-    """A preconditioner on the engine's blocks (Shampoo's, SOAP's).
+    """A preconditioner on stacked blocks (Shampoo's and SOAP's engine layout, K-FAC's layers).
 
     Attributes:
-      init: ``params -> state``; the state has the statistics buffer ``stats`` (its dtype is
-        the blocks' dtype) and the runtime ``digits`` (``common.runtime_digits``).
+      init: ``params -> state``; the state has the runtime ``digits``
+        (``common.runtime_digits``).
       layout_of: ``tree -> (layout, leaves, treedef)``.
-      direction: ``(grads, state, layout) -> (direction, new_state)`` on :class:`kron.Blocks`.
-      step_is_safe: ``(grads, state, layout) -> bool``: True only if the step from them is sure
-        to leave a finite state (False for a non-finite gradient).
+      to_blocks: ``(leaves, layout, dtype) -> blocks``, a tree of a few stacked arrays.
+      from_blocks: ``(blocks, layout, leaves, digits) -> leaves`` (each in its leaf's dtype).
+      direction: ``(grads, state, layout, extra) -> (direction, new_state)`` on the blocks;
+        ``extra``: ``update``'s keyword arguments (K-FAC's ``curvature``).
+      step_is_safe: ``(grads, state, layout, extra) -> bool``: True only if the step from them
+        is sure to leave a finite state (False for a non-finite gradient).
+      dtype: ``state -> dtype`` of the blocks.
+      shards: ``layout -> int``, the devices the state is split over (element buffers are
+        ``[shards, row]`` for more than one).
     """
 
     init: Callable[[Any], Any]
-    layout_of: Callable[[Any], tuple[kron.Layout, list[jax.Array], Any]]
-    direction: Callable[[kron.Blocks, Any, kron.Layout], tuple[kron.Blocks, Any]]
-    step_is_safe: Callable[[kron.Blocks, Any, kron.Layout], jax.Array]
+    layout_of: Callable[[Any], tuple[Any, list[jax.Array], Any]]
+    to_blocks: Callable[[list[jax.Array], Any, Any], Any]
+    from_blocks: Callable[[Any, Any, list[jax.Array], Any], list[jax.Array]]
+    direction: Callable[[Any, Any, Any, dict[str, Any]], tuple[Any, Any]]
+    step_is_safe: Callable[[Any, Any, Any, dict[str, Any]], jax.Array]
+    dtype: Callable[[Any], Any]
+    shards: Callable[[Any], int]
+
+
+def engine_preconditioner(
+    init: Callable[[Any], Any],
+    layout_of: Callable[[Any], tuple[kron.Layout, list[jax.Array], Any]],
+    direction: Callable[[kron.Blocks, Any, kron.Layout], tuple[kron.Blocks, Any]],
+    step_is_safe: Callable[[kron.Blocks, Any, kron.Layout], jax.Array],
+) -> BlockPreconditioner:
+    """A :class:`BlockPreconditioner` in the Kronecker-factor engine's layout (Shampoo, SOAP):
+    its state keeps the statistics buffer ``stats``."""
+    return BlockPreconditioner(
+        init=init,
+        layout_of=layout_of,
+        to_blocks=kron.to_blocks,
+        from_blocks=kron.from_blocks,
+        direction=lambda g, state, layout, extra: direction(g, state, layout),
+        step_is_safe=lambda g, state, layout, extra: step_is_safe(g, state, layout),
+        dtype=lambda state: state.stats.dtype,
+        shards=lambda layout: layout.shards,
+    )
 
 
 class BlockMomentumState(NamedTuple):
@@ -80,20 +111,20 @@ def _decayed_leaves(params: Any, mask: Any, treedef: Any) -> list[jax.Array]:
     return treedef.flatten_up_to(jax.tree.map(keep, mask_tree, params))
 
 
-def _largest_abs(blocks: kron.Blocks, dtype) -> jax.Array:
+def _largest_abs(blocks: Any, dtype) -> jax.Array:
     """``max |x|`` over the blocks (NaN if one is; 0 for none): one reduction per stack."""
-    parts = [jnp.max(jnp.abs(s)) for s in blocks.stacks if s.size]
-    if blocks.vector is not None and blocks.vector.size:
-        parts.append(jnp.max(jnp.abs(blocks.vector)))
-    if not parts:
-        return jnp.zeros([], dtype)
-    return jnp.max(jnp.stack([p.astype(dtype) for p in parts]))
+    parts = [jnp.max(jnp.abs(x)).astype(dtype) for x in jax.tree.leaves(blocks) if x.size]
+    return jnp.max(jnp.stack(parts)) if parts else jnp.zeros([], dtype)
+
+
+def _map(fn: Callable[..., jax.Array], *trees: Any) -> Any:
+    return jax.tree.map(fn, *trees)
 
 
 def blocked_optimizer(
     pre: BlockPreconditioner,
     *,
-    momentum: float | jax.Array | None = None,
+    momentum: optax.GradientTransformation | None = None,
     weight_decay: float | jax.Array = 0.0,
     weight_decay_mask: Any | Callable | None = None,
     learning_rate: optax.ScalarOrSchedule | None = None,
@@ -101,44 +132,65 @@ def blocked_optimizer(
     """``pre`` under the NaN guard, with (``learning_rate`` given) momentum, weight decay and the
     learning rate applied on the blocks (module docstring).
 
-    State: ``SkipNonFiniteState(inner=<pre's state>)`` for the transform alone;
+    ``momentum``: ``optax.ema`` (Shampoo) or a transform with ``optax.trace``'s state (K-FAC),
+    run on the blocks, its average kept as a :class:`BlockMomentumState`. State:
+    ``SkipNonFiniteState(inner=<pre's state>)`` for the transform alone;
     ``SkipNonFiniteState(inner=(<pre's state>, [BlockMomentumState], <learning rate state>))``
-    for the optimizer (momentum present when ``momentum`` is an array or positive; weight decay
-    has no state). Arrays for ``momentum`` / ``weight_decay`` (``optax.inject_hyperparams``)
-    always keep their terms: the state's structure must not depend on a value that can change.
+    for the optimizer (weight decay has no state). A ``weight_decay`` array
+    (``optax.inject_hyperparams``) always keeps its term: the state's structure must not depend
+    on a value that can change.
     """
     full = learning_rate is not None
-    ema = None
-    if full and momentum is not None and (isinstance(momentum, jax.Array) or momentum > 0):
-        ema = optax.ema(momentum, debias=True)
+    momentum = momentum if full else None
     decays = full and (isinstance(weight_decay, jax.Array) or weight_decay != 0)
     scale = optax.scale_by_learning_rate(learning_rate) if full else None
+
+    def block_shapes(params):
+        layout, leaves, _ = pre.layout_of(params)
+        # Shapes only (optax.tree.map_params initializes with a placeholder, not arrays).
+        leaves = [jax.ShapeDtypeStruct(np.shape(x), jnp.float32) for x in leaves]
+        shapes = jax.eval_shape(lambda x: pre.to_blocks(x, layout, jnp.float32), leaves)
+        return layout, shapes
 
     def init_fn(params):
         pre_state = pre.init(params)
         if not full:
             return SkipNonFiniteState(pre_state, skipped_steps=jnp.zeros([], jnp.int32))
         parts = [pre_state]
-        if ema is not None:
-            layout, _, _ = pre.layout_of(params)
-            average = ema.init(kron.zero_elements(layout, pre_state.stats.dtype))
-            parts.append(BlockMomentumState(average.count, average.ema))
+        if momentum is not None:
+            layout, shapes = block_shapes(params)
+            size = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+            shape = kron.elements_shape(size, pre.shards(layout))
+            parts.append(
+                BlockMomentumState(jnp.zeros([], jnp.int32), jnp.zeros(shape, pre.dtype(pre_state)))
+            )
         parts.append(scale.init(params))
         return SkipNonFiniteState(tuple(parts), skipped_steps=jnp.zeros([], jnp.int32))
+
+    def with_momentum(direction, m: BlockMomentumState, layout, dtype):
+        """optax's momentum on the blocks, from and back to its element buffer."""
+        average = kron.unpack_tree(m.mu, direction)
+        state = momentum.init(average)  # the structure; its arrays are replaced below
+        if isinstance(state, optax.EmaState):
+            state = state._replace(count=m.count, ema=average)
+            direction, state = momentum.update(direction, state)
+            average = state.ema
+        else:
+            state = state._replace(trace=average)
+            direction, state = momentum.update(direction, state)
+            average = state.trace
+        mu = kron.pack_tree(average, pre.shards(layout), dtype)
+        return direction, BlockMomentumState(optax.safe_increment(m.count), mu)
 
     def chain(direction, inner, layout, decayed, dtype):
         """Momentum, weight decay and the learning rate on the blocks (optax's arithmetic)."""
         parts, i = [], 1
-        if ema is not None:
-            m = inner[i]
+        if momentum is not None:
+            direction, m = with_momentum(direction, inner[i], layout, dtype)
+            parts.append(m)
             i += 1
-            direction, average = ema.update(
-                direction, optax.EmaState(m.count, kron.unpack_elements(m.mu, layout))
-            )
-            mu = kron.pack_elements(average.ema, layout, dtype)
-            parts.append(BlockMomentumState(average.count, mu))
         if decayed is not None:
-            direction = kron.map_blocks(
+            direction = _map(
                 lambda u, p: u + jnp.asarray(weight_decay, u.dtype) * p, direction, decayed
             )
         direction, schedule = scale.update(direction, inner[i])
@@ -146,43 +198,47 @@ def blocked_optimizer(
         return direction, parts
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args  # unknown ones are ignored, as optax's with_extra_args_support does
         inner = state.inner
         pre_state = inner[0] if full else inner
         layout, leaves, treedef = pre.layout_of(updates)
-        dtype = pre_state.stats.dtype
-        grads = kron.to_blocks(leaves, layout, dtype)
+        dtype = pre.dtype(pre_state)
+        grads = pre.to_blocks(leaves, layout, dtype)
         decayed = None
         if decays:
             if params is None:
                 raise ValueError(
                     "weight_decay needs the parameters: call update(grads, state, params)"
                 )
-            decayed = kron.to_blocks(
+            decayed = pre.to_blocks(
                 _decayed_leaves(params, weight_decay_mask, treedef), layout, dtype
             )
 
         def run():
-            direction, new_pre = pre.direction(grads, pre_state, layout)
+            direction, new_pre = pre.direction(grads, pre_state, layout, extra_args)
             if not full:
                 return direction, new_pre
             direction, parts = chain(direction, inner, layout, decayed, dtype)
             return direction, (new_pre, *parts)
 
         def skip():
-            return kron.map_blocks(jnp.zeros_like, grads), inner
+            return _map(jnp.zeros_like, grads), inner
 
-        safe = pre.step_is_safe(grads, pre_state, layout)
+        safe = pre.step_is_safe(grads, pre_state, layout, extra_args)
         direction, new_inner = jax.lax.cond(safe, run, skip)
         # The update must also survive the cast to each leaf's dtype (float16's 65504).
         limit = min(float(jnp.finfo(jnp.result_type(x)).max) for x in [dtype, *leaves])
         ok = safe & (_largest_abs(direction, dtype) <= jnp.asarray(limit, dtype))  # NaN: False
-        direction = kron.map_blocks(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), direction)
-        out = kron.from_blocks(direction, layout, leaves, pre_state.digits)
+        direction = _map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), direction)
+        out = pre.from_blocks(direction, layout, leaves, pre_state.digits)
         skipped = state.skipped_steps + jnp.where(ok, 0, 1).astype(jnp.int32)
         return treedef.unflatten(out), SkipNonFiniteState(new_inner, skipped_steps=skipped)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-__all__ = ["BlockMomentumState", "BlockPreconditioner", "blocked_optimizer"]
+__all__ = [
+    "BlockMomentumState",
+    "BlockPreconditioner",
+    "blocked_optimizer",
+    "engine_preconditioner",
+]

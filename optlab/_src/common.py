@@ -463,43 +463,6 @@ def skip_nonfinite(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def guarded_optimizer(
-    preconditioner: optax.GradientTransformation,
-    step_is_safe: Callable[..., jax.Array],
-    *,
-    momentum: optax.GradientTransformation | None,
-    weight_decay: float | jax.Array,
-    weight_decay_mask: Any,
-    learning_rate: optax.ScalarOrSchedule,
-) -> optax.GradientTransformationExtraArgs:
-    """The full optimizer of a preconditioner (Shampoo, SOAP, K-FAC) under one guard:
-    ``skip_nonfinite(chain(preconditioner, [momentum], [add_decayed_weights(weight_decay,
-    weight_decay_mask)], scale_by_learning_rate(learning_rate)))``.
-
-    ``step_is_safe(grads, preconditioner_state[, **extra])`` is the preconditioner's own check:
-    only its state can overflow (a momentum that could is guarded by itself, an update is
-    checked after the step). Weight decay given as an array (``optax.inject_hyperparams``)
-    always keeps its element: the state's structure must not depend on a value that can change.
-    """
-    parts = [preconditioner]
-    if momentum is not None:
-        parts.append(momentum)
-    if isinstance(weight_decay, jax.Array) or weight_decay != 0:
-        parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    if _takes_var_keyword(step_is_safe):
-
-        def safe(grads, chain_state, **extra):
-            return step_is_safe(grads, chain_state[0], **extra)
-
-    else:
-
-        def safe(grads, chain_state):
-            return step_is_safe(grads, chain_state[0])
-
-    return skip_nonfinite(optax.chain(*parts), step_is_safe=safe)
-
-
 def _takes_var_keyword(fn: Callable[..., Any]) -> bool:
     return any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()

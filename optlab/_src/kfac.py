@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from optlab._src import kronecker as kron
+from optlab._src.blocked import BlockPreconditioner, blocked_optimizer
 from optlab._src.common import (
     HEADROOM,
     at_least_float32,
@@ -31,12 +32,9 @@ from optlab._src.common import (
     check_leaf_dtypes,
     check_learning_rate,
     check_number,
-    combine,
-    guarded_optimizer,
     runtime_digits,
     runtime_row,
     runtime_slice,
-    skip_nonfinite,
     tree_all_finite,
 )
 from optlab._src.kfac_curvature import KFACFactors, find_layers
@@ -104,9 +102,13 @@ _MATH = r"""
     curvature is not finite, or would take a factor entry past a quarter of the largest float
     (bounded before the step from the old factors' diagonals and the new contributions, so the
     factor buffers are updated in place), is skipped: zero update, state unchanged,
-    ``skipped_steps`` counts it. An update that still comes out non-finite is zeroed and counted,
-    the (finite) factors keeping the step and the momentum its previous value. Factors run in
-    float32 at least; the update comes back in the gradient's dtype.
+    ``skipped_steps`` counts it. An update that still comes out non-finite, or larger than a
+    leaf's dtype can hold, is zeroed and counted, the (finite) factors keeping the step and the
+    momentum its previous value. Factors run in float32 at least; the update comes back in the
+    gradient's dtype. The gradients of the dense layers of one shape are preconditioned as one
+    stack, and the optimizer's momentum, weight decay, learning rate and the guard's checks run
+    on those stacks too (:mod:`optlab._src.blocked`): XLA compiles one set of kernels per layer
+    shape, not per layer.
 
     References:
       - J. Martens, R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
@@ -521,8 +523,9 @@ def _preconditioner(
     learning_rate=None,
     mesh=None,
     mesh_axis="data",
-) -> tuple[optax.GradientTransformation, Callable[..., jax.Array]]:
-    """K-FAC's preconditioning without the NaN guard, and the guard's ``step_is_safe``."""
+) -> BlockPreconditioner:
+    """K-FAC's preconditioning on the layers' stacked gradients (:func:`_to_blocks`;
+    :mod:`optlab._src.blocked` guards it and adds the optimizer's other terms)."""
     _check_damping(damping)
     check_number("factor_decay", factor_decay, low=0.0, high=1.0)
     every = _step_option("precondition_every", precondition_every, 1)
@@ -567,40 +570,23 @@ def _preconditioner(
             digits=runtime_digits(),
         )
 
-    def update_fn(updates, state, params=None, *, curvature=None, **extra_args):
-        del params, extra_args
-        plan, leaves, treedef = _plan_of(updates, layers, strict=True, shards=placement.shards)
+    def layout_of(tree):
+        # Not strict without leaves: optax.tree.map_params initializes with a placeholder.
+        strict = bool(jax.tree.leaves(tree))
+        return _plan_of(tree, layers, strict=strict, shards=placement.shards)
+
+    def direction_fn(grads: kron.Blocks, state: KFACState, plan: _Plan, extra: dict[str, Any]):
         layout = plan.layout
         dtype = state.factors.dtype
-        curvature = _checked_curvature(curvature, plan)
-        grads = [jnp.asarray(g).astype(dtype) for g in leaves]
+        curvature = _checked_curvature(extra.get("curvature"), plan)
         fresh = curvature is not None  # static: {} means no new curvature this step
         updates_done = state.curvature_updates + (1 if fresh else 0)
         factors = state.factors
         if fresh:
-            # This step's contributions, stacked by group in slot order.
-            per_group: list[list[jax.Array | None]] = [
-                [None] * (g.count - g.padding) for g in layout.groups
-            ]
-            embed_parts = []
-            for layer in plan.layers:
-                f = curvature[layer.name]
-                if layer.kind == "embed":
-                    embed_parts.append(jnp.asarray(f.a, dtype))
-                else:
-                    gi, pos = plan.slots[layer.a_slot]
-                    per_group[gi][pos] = jnp.asarray(f.a, dtype)
-                gi, pos = plan.slots[layer.g_slot]
-                per_group[gi][pos] = jnp.asarray(f.g, dtype)
-            diag_parts = [jnp.square(grads[i]).ravel() for i in plan.diag_leaves]
-            vector = embed_parts + diag_parts
-            contributions = kron.Statistics(
-                tuple(jnp.stack(parts) for parts in per_group),
-                jnp.concatenate(vector) if vector else None,
-            )
             # The k-th update of the factors (k = 1, 2, ...): decay min(1 - 1/k, factor_decay).
             k = updates_done.astype(dtype)
             decay = jnp.minimum(1.0 - 1.0 / k, jnp.asarray(factor_decay, dtype))
+            contributions = _contributions(curvature, grads, plan, dtype)
             factors = kron.accumulate(state.factors, contributions, layout, decay)
         lam = jnp.asarray(damping(state.count) if callable(damping) else damping, dtype)
 
@@ -621,15 +607,15 @@ def _preconditioner(
         if norm_constraint is not None:
             lr = 1.0 if learning_rate is None else learning_rate
             lr = lr(state.count) if callable(lr) else lr
-            inner = combine([jnp.vdot(u, g) for u, g in zip(out, grads)])
+            pairs = zip(jax.tree.leaves(out), jax.tree.leaves(grads), strict=True)
+            inner = sum((jnp.vdot(u, g) for u, g in pairs), jnp.zeros([], dtype))
             bound = jnp.asarray(norm_constraint, dtype) / (jnp.square(lr) * jnp.abs(inner))
             # 0 / 0 (a zero gradient) is NaN: then nothing to clip.
             scale = jnp.where(jnp.isnan(bound), 1.0, jnp.minimum(1.0, jnp.sqrt(bound)))
-            out = [u * scale.astype(dtype) for u in out]
-        # The gradient itself before the start: a select that fuses into each leaf's last
-        # elementwise step (a lax.cond over the leaves made XLA copy both lists).
+            out = jax.tree.map(lambda u: u * scale.astype(dtype), out)
+        # The gradient itself before the start: a select per stack.
         started = state.count >= start
-        out = [jnp.where(started, u, g) for u, g in zip(out, grads)]
+        out = jax.tree.map(lambda u, g: jnp.where(started, u, g), out, grads)
         new_state = KFACState(
             count=optax.safe_increment(state.count),
             factors=factors,
@@ -638,29 +624,38 @@ def _preconditioner(
             curvature_updates=updates_done,
             digits=state.digits,
         )
-        out = [u.astype(jnp.result_type(g)) for u, g in zip(out, leaves)]
-        return treedef.unflatten(out), new_state
+        return out, new_state
 
-    def step_is_safe(updates, state: KFACState, *, curvature=None, **extra_args) -> jax.Array:
+    def step_is_safe(grads: kron.Blocks, state: KFACState, plan: _Plan, extra: dict[str, Any]):
         # Decided before the step, so that XLA updates the factor and inverse buffers in place
         # (checking after would keep the old ones alive: a copy of both per step). The new
         # factors are decay * old + (1 - decay) * contribution with decay in [0, 1], all PSD
         # (diagonals bound the entries): the old largest diagonal plus the largest contribution
         # entry (a curvature entry, or g^2 for the diagonal rule's v) bounds every new entry.
         # Inverses are never non-finite (rejected at the refresh); the update is still checked.
-        del extra_args
-        plan, leaves, _ = _plan_of(updates, layers, strict=True, shards=placement.shards)
         dtype = state.factors.dtype
-        finite = tree_all_finite(leaves)
+        finite = tree_all_finite(grads)  # a few stacks
+        curvature = _checked_curvature(extra.get("curvature"), plan)
         parts = [jnp.zeros([], dtype)]
-        parts += [jnp.max(jnp.square(leaves[i].astype(dtype))) for i in plan.diag_leaves]
-        for f in (_checked_curvature(curvature, plan) or {}).values():
-            parts += [jnp.max(jnp.abs(jnp.asarray(x, dtype))) for x in f]  # NaN propagates
-        largest = combine(parts, jnp.max)
+        if curvature is not None:
+            new = _contributions(curvature, grads, plan, dtype)
+            parts += [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(new)]  # NaN propagates
+        elif grads.vector is not None and plan.diag_leaves:
+            parts.append(jnp.max(jnp.square(grads.vector)))
+        largest = functools.reduce(jnp.maximum, parts)
         bound = kron.statistics_bound(state.factors, plan.layout, 1.0, largest)
         return finite & (bound <= HEADROOM * jnp.finfo(dtype).max)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn), step_is_safe
+    return BlockPreconditioner(
+        init=init_fn,
+        layout_of=layout_of,
+        to_blocks=_to_blocks,
+        from_blocks=_from_blocks,
+        direction=direction_fn,
+        step_is_safe=step_is_safe,
+        dtype=lambda state: state.factors.dtype,
+        shards=lambda plan: plan.layout.shards,
+    )
 
 
 def _checked_curvature(curvature: Any, plan: _Plan) -> dict[str, KFACFactors] | None:
@@ -835,54 +830,11 @@ def _refresh_exact(factors: jax.Array, old: jax.Array, plan: _Plan) -> tuple[jax
     return jnp.concatenate([*vectors, embed, *values]).astype(dtype), rejected
 
 
-def _with_bias_row(grads: list[jax.Array], layer: _Layer) -> jax.Array:
-    """``dWbar``: the kernel's gradient as ``[d_in, d_out]``, the bias's as a last row."""
-    w = grads[layer.kernel].reshape(layer.d_in, layer.d_out)
-    if layer.bias is None:
-        return w
-    return jnp.concatenate([w, grads[layer.bias][None, :]])
-
-
-def _write_layer(out: list[jax.Array], grads: list[jax.Array], layer: _Layer, u: jax.Array):
-    """Inverse of :func:`_with_bias_row`: ``u``'s rows into the kernel's and bias's leaves."""
-    out[layer.kernel] = u[: layer.d_in].reshape(grads[layer.kernel].shape)
-    if layer.bias is not None:
-        out[layer.bias] = u[layer.d_in]
-
-
-def _precondition_exact(
-    grads: list[jax.Array],
-    factors: jax.Array,
-    vectors: jax.Array,
-    plan: _Plan,
-    lam: jax.Array,
-    digits: Sequence[jax.Array],
-) -> list[jax.Array]:
-    """``(A (x) G + lambda I)^{-1} vec(dWbar)`` in the factors' eigenbases:
-    ``Q_A [(Q_A^T dWbar Q_G) / (d_A d_G^T + lambda)] Q_G^T``."""
-    values = vectors[plan.layout.matrix_size + plan.embed_size :]
-    out = list(grads)
-    for layer in plan.layers:
-        kernel = grads[layer.kernel]
-        q_g = _slot_matrix(vectors, plan, layer.g_slot, digits)
-        d_g = _slot_eigenvalues(values, plan, layer.g_slot, digits)
-        if layer.kind == "embed":
-            w = kernel.reshape(layer.d_in, layer.d_out)
-            d_a = _embed_vector(vectors, plan, layer.a_slot, digits)
-            u = matmul(matmul(w, q_g) / (d_a[:, None] * d_g[None, :] + lam), q_g.T)
-            out[layer.kernel] = u.reshape(kernel.shape)
-            continue
-        w = _with_bias_row(grads, layer)
-        q_a = _slot_matrix(vectors, plan, layer.a_slot, digits)
-        d_a = _slot_eigenvalues(values, plan, layer.a_slot, digits)
-        rotated = matmul(matmul(q_a.T, w), q_g) / (d_a[:, None] * d_g[None, :] + lam)
-        _write_layer(out, grads, layer, matmul(matmul(q_a, rotated), q_g.T))
-    return _diagonal_rule(out, grads, factors, plan, lam, digits)
-
-
+# -- the layers' gradients stacked: one [n, d_in (+1), d_out] stack per dense shape --------------
 def _dense_batches(plan: _Plan) -> list[list[_Layer]]:
     """Dense layers of one shape (and bias or not) whose factors share their groups: each list
-    is preconditioned by one batched product (one set of kernels, however many layers)."""
+    is one stack of :func:`_to_blocks`, preconditioned by one batched product (one set of
+    kernels, however many layers)."""
     batches: dict[tuple[int, int, bool, int, int], list[_Layer]] = {}
     for layer in plan.layers:
         if layer.kind != "embed":
@@ -890,6 +842,114 @@ def _dense_batches(plan: _Plan) -> list[list[_Layer]]:
             key = (layer.d_in, layer.d_out, layer.bias is not None, *groups)
             batches.setdefault(key, []).append(layer)
     return list(batches.values())
+
+
+def _embed_layers(plan: _Plan) -> list[_Layer]:
+    return [layer for layer in plan.layers if layer.kind == "embed"]
+
+
+def _to_blocks(leaves: list[jax.Array], plan: _Plan, dtype) -> kron.Blocks:
+    """The gradient as K-FAC's blocks: per dense batch (:func:`_dense_batches`) the stack of
+    ``dWbar`` (the kernel as ``[d_in, d_out]``, the bias as a last row), then each embedding's
+    kernel, and the diagonal rule's leaves raveled into one vector."""
+    grads = [jnp.asarray(g).astype(dtype) for g in leaves]
+    stacks = []
+    for batch in _dense_batches(plan):
+        w = jnp.stack([grads[layer.kernel].reshape(layer.d_in, layer.d_out) for layer in batch])
+        if batch[0].bias is not None:
+            b = jnp.stack([grads[layer.bias] for layer in batch])
+            w = jnp.concatenate([w, b[:, None, :]], axis=1)
+        stacks.append(w)
+    for layer in _embed_layers(plan):
+        stacks.append(grads[layer.kernel].reshape(layer.d_in, layer.d_out))
+    vectors = [grads[i].ravel() for i in plan.diag_leaves]
+    return kron.Blocks(tuple(stacks), jnp.concatenate(vectors) if vectors else None)
+
+
+def _from_blocks(
+    blocks: kron.Blocks, plan: _Plan, like: list[jax.Array], digits: Sequence[jax.Array]
+) -> list[jax.Array]:
+    """Inverse of :func:`_to_blocks`, each leaf in the dtype of ``like``'s (zero-size leaves:
+    zeros). Each layer's rows are read at a row written with ``digits`` (one kernel per shape,
+    not per layer)."""
+    out = [jnp.zeros(np.shape(x), _blocks_dtype(blocks)) for x in like]
+    batches = _dense_batches(plan)
+    for stack, batch in zip(blocks.stacks, batches, strict=False):
+        for i, layer in enumerate(batch):
+            u = runtime_row(stack, i, digits)
+            out[layer.kernel] = u[: layer.d_in].reshape(np.shape(like[layer.kernel]))
+            if layer.bias is not None:
+                out[layer.bias] = u[layer.d_in]
+    for u, layer in zip(blocks.stacks[len(batches) :], _embed_layers(plan), strict=True):
+        out[layer.kernel] = u.reshape(np.shape(like[layer.kernel]))
+    start = 0
+    for i in plan.diag_leaves:
+        size = math.prod(np.shape(like[i]))
+        out[i] = runtime_slice(blocks.vector, start, size, digits).reshape(np.shape(like[i]))
+        start += size
+    return [u.astype(jnp.result_type(x)) for u, x in zip(out, like, strict=True)]
+
+
+def _blocks_dtype(blocks: kron.Blocks) -> Any:
+    leaves = jax.tree.leaves(blocks)
+    return leaves[0].dtype if leaves else jnp.float32
+
+
+def _contributions(
+    curvature: dict[str, KFACFactors], grads: kron.Blocks, plan: _Plan, dtype
+) -> kron.Statistics:
+    """This step's factor contributions, stacked by group in slot order; the vector part: the
+    embeddings' diagonal ``A``, then the diagonal rule's ``g^2``."""
+    layout = plan.layout
+    per_group: list[list[jax.Array | None]] = [
+        [None] * (g.count - g.padding) for g in layout.groups
+    ]
+    embed_parts = []
+    for layer in plan.layers:
+        f = curvature[layer.name]
+        if layer.kind == "embed":
+            embed_parts.append(jnp.asarray(f.a, dtype))
+        else:
+            gi, pos = plan.slots[layer.a_slot]
+            per_group[gi][pos] = jnp.asarray(f.a, dtype)
+        gi, pos = plan.slots[layer.g_slot]
+        per_group[gi][pos] = jnp.asarray(f.g, dtype)
+    vector = embed_parts + ([jnp.square(grads.vector)] if plan.diag_leaves else [])
+    return kron.Statistics(
+        tuple(jnp.stack(parts) for parts in per_group),
+        jnp.concatenate(vector) if vector else None,
+    )
+
+
+def _precondition_exact(
+    grads: kron.Blocks,
+    factors: jax.Array,
+    vectors: jax.Array,
+    plan: _Plan,
+    lam: jax.Array,
+    digits: Sequence[jax.Array],
+) -> kron.Blocks:
+    """``(A (x) G + lambda I)^{-1} vec(dWbar)`` in the factors' eigenbases:
+    ``Q_A [(Q_A^T dWbar Q_G) / (d_A d_G^T + lambda)] Q_G^T``, layer by layer."""
+    values = vectors[plan.layout.matrix_size + plan.embed_size :]
+    batches = _dense_batches(plan)
+    stacks = []
+    for stack, batch in zip(grads.stacks, batches, strict=False):
+        per_layer = []
+        for i, layer in enumerate(batch):
+            q_a = _slot_matrix(vectors, plan, layer.a_slot, digits)
+            d_a = _slot_eigenvalues(values, plan, layer.a_slot, digits)
+            q_g = _slot_matrix(vectors, plan, layer.g_slot, digits)
+            d_g = _slot_eigenvalues(values, plan, layer.g_slot, digits)
+            rotated = matmul(matmul(q_a.T, stack[i]), q_g) / (d_a[:, None] * d_g[None, :] + lam)
+            per_layer.append(matmul(matmul(q_a, rotated), q_g.T))
+        stacks.append(jnp.stack(per_layer))
+    for w, layer in zip(grads.stacks[len(batches) :], _embed_layers(plan), strict=True):
+        q_g = _slot_matrix(vectors, plan, layer.g_slot, digits)
+        d_g = _slot_eigenvalues(values, plan, layer.g_slot, digits)
+        d_a = _embed_vector(vectors, plan, layer.a_slot, digits)
+        stacks.append(matmul(matmul(w, q_g) / (d_a[:, None] * d_g[None, :] + lam), q_g.T))
+    return kron.Blocks(tuple(stacks), _diagonal_rule(grads.vector, factors, plan, lam))
 
 
 def _slot_stack(buffer: jax.Array, plan: _Plan, slots: Sequence[int]) -> jax.Array:
@@ -904,52 +964,36 @@ def _slot_stack(buffer: jax.Array, plan: _Plan, slots: Sequence[int]) -> jax.Arr
 
 
 def _precondition(
-    grads: list[jax.Array],
+    grads: kron.Blocks,
     factors: jax.Array,
     inverses: jax.Array,
     plan: _Plan,
     lam: jax.Array,
     digits: Sequence[jax.Array],
-) -> list[jax.Array]:
+) -> kron.Blocks:
     """Factored damping: ``(A + r_A I)^{-1} dWbar (G + r_G I)^{-1}`` from the stored inverses,
-    batched over the layers of one shape; each layer's result is read at a row written with
-    ``digits`` (one kernel per shape, not per layer)."""
-    out = list(grads)
-    for batch in _dense_batches(plan):
-        w = jnp.stack([_with_bias_row(grads, layer) for layer in batch])
+    one batched product per dense stack."""
+    batches = _dense_batches(plan)
+    stacks = []
+    for w, batch in zip(grads.stacks, batches, strict=False):
         a_inv = _slot_stack(inverses, plan, [layer.a_slot for layer in batch])
         g_inv = _slot_stack(inverses, plan, [layer.g_slot for layer in batch])
-        u = matmul(matmul(a_inv, w), g_inv)
-        for i, layer in enumerate(batch):
-            _write_layer(out, grads, layer, runtime_row(u, i, digits))
-    for layer in plan.layers:
-        if layer.kind == "embed":
-            kernel = grads[layer.kernel]
-            g_inv = _slot_matrix(inverses, plan, layer.g_slot, digits)
-            a_inv = _embed_vector(inverses, plan, layer.a_slot, digits)
-            w = kernel.reshape(layer.d_in, layer.d_out)
-            out[layer.kernel] = matmul(w * a_inv[:, None], g_inv).reshape(kernel.shape)
-    return _diagonal_rule(out, grads, factors, plan, lam, digits)
+        stacks.append(matmul(matmul(a_inv, w), g_inv))
+    for w, layer in zip(grads.stacks[len(batches) :], _embed_layers(plan), strict=True):
+        g_inv = _slot_matrix(inverses, plan, layer.g_slot, digits)
+        a_inv = _embed_vector(inverses, plan, layer.a_slot, digits)
+        stacks.append(matmul(w * a_inv[:, None], g_inv))
+    return kron.Blocks(tuple(stacks), _diagonal_rule(grads.vector, factors, plan, lam))
 
 
 def _diagonal_rule(
-    out: list[jax.Array],
-    grads: list[jax.Array],
-    factors: jax.Array,
-    plan: _Plan,
-    lam: jax.Array,
-    digits: Sequence[jax.Array],
-) -> list[jax.Array]:
-    """``g / (v + lambda)`` for the leaves in no layer (written into ``out``)."""
-    if plan.diag_leaves:
-        v = kron.diagonal_statistics(factors, plan.layout)
-        start = plan.embed_size
-        for i in plan.diag_leaves:
-            size = math.prod(grads[i].shape)
-            vi = runtime_slice(v, start, size, digits).reshape(grads[i].shape)
-            out[i] = grads[i] / (vi + lam)
-            start += size
-    return out
+    g: jax.Array | None, factors: jax.Array, plan: _Plan, lam: jax.Array
+) -> jax.Array | None:
+    """``g / (v + lambda)`` for the leaves in no layer (their concatenation)."""
+    if g is None:
+        return None
+    v = kron.diagonal_statistics(factors, plan.layout)
+    return g / (jax.lax.slice_in_dim(v, plan.embed_size, plan.embed_size + g.size) + lam)
 
 
 def scale_by_kfac(
@@ -1010,7 +1054,7 @@ def scale_by_kfac(
       >>> int(state[0].inner.count), int(state[0].skipped_steps)
       (1, 0)
     """
-    raw, step_is_safe = _preconditioner(
+    pre = _preconditioner(
         "optlab.scale_by_kfac",
         damping=damping,
         factor_decay=factor_decay,
@@ -1022,7 +1066,7 @@ def scale_by_kfac(
         mesh=mesh,
         mesh_axis=mesh_axis,
     )
-    return skip_nonfinite(raw, step_is_safe=step_is_safe)
+    return blocked_optimizer(pre)
 
 
 def kfac(
@@ -1043,9 +1087,10 @@ def kfac(
 ) -> optax.GradientTransformationExtraArgs:
     r"""The K-FAC optimizer: preconditioning, KL clipping, momentum, decoupled weight decay.
 
-    ``skip_nonfinite(chain(<scale_by_kfac's preconditioning>(norm_constraint with the learning
-    rate), trace(momentum), add_decayed_weights(weight_decay, weight_decay_mask),
-    scale_by_learning_rate(learning_rate)))``: heavy-ball momentum on the (clipped) natural
+    What ``skip_nonfinite(chain(<scale_by_kfac's preconditioning>(norm_constraint with the
+    learning rate), trace(momentum), add_decayed_weights(weight_decay, weight_decay_mask),
+    scale_by_learning_rate(learning_rate)))`` computes, on the layers' stacked gradients rather
+    than leaf by leaf (fast to compile on deep models): heavy-ball momentum on the (clipped) natural
     gradient, as kfac-jax with fixed learning rate and momentum; one NaN/Inf guard covers the
     whole chain. ``update(grads, state, params, *, curvature)`` as for :func:`scale_by_kfac`.
     {math}
@@ -1062,8 +1107,9 @@ def kfac(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
-      ``SkipNonFiniteState(inner=(KFACState, <momentum, weight decay, schedule states>),
-      skipped_steps)``.
+      ``SkipNonFiniteState(inner=(KFACState, [BlockMomentumState], <learning rate state>),
+      skipped_steps)`` (the momentum's state when ``momentum > 0``: its trace in the layers'
+      stacked layout).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optlab
@@ -1085,7 +1131,7 @@ def kfac(
     check_learning_rate(learning_rate)
     check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
     check_number("weight_decay", weight_decay, low=0.0)
-    raw, step_is_safe = _preconditioner(
+    pre = _preconditioner(
         "optlab.kfac",
         damping=damping,
         factor_decay=factor_decay,
@@ -1101,9 +1147,8 @@ def kfac(
     # Arrays (optax.inject_hyperparams) always keep their element: the state's structure must
     # not depend on a value that can change.
     use_momentum = isinstance(momentum, jax.Array) or momentum > 0
-    return guarded_optimizer(
-        raw,
-        step_is_safe,
+    return blocked_optimizer(
+        pre,
         momentum=_momentum(momentum) if use_momentum else None,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,

@@ -62,7 +62,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -207,9 +207,7 @@ class Layout:
     def elements_shape(self) -> tuple[int, ...]:
         """Shape of an element buffer (:func:`pack_elements`): flat, or ``[shards, row]``
         (zero-padded) over several shards, the leading axis sharded like the statistics'."""
-        if self.shards == 1:
-            return (self.element_size,)
-        return (self.shards, -(-self.element_size // self.shards))
+        return elements_shape(self.element_size, self.shards)
 
     @property
     def stats_size(self) -> int:
@@ -523,36 +521,53 @@ def map_blocks(fn: Callable[..., jax.Array], *blocks: Blocks) -> Blocks:
 # depend on the parameters (``optax.tree.map_params``; see the module docstring).
 
 
+def elements_shape(size: int, shards: int) -> tuple[int, ...]:
+    """Shape of an element buffer of ``size`` entries: flat, or ``[shards, row]`` zero-padded."""
+    return (size,) if shards == 1 else (shards, -(-size // shards))
+
+
+def pack_tree(tree: Any, shards: int, dtype) -> jax.Array:
+    """Every array of ``tree`` raveled and concatenated in leaf order, as ``dtype``, in an
+    element buffer for ``shards`` devices (inverse of :func:`unpack_tree`)."""
+    parts = [x.ravel().astype(dtype) for x in jax.tree.leaves(tree)]
+    flat = jnp.concatenate(parts) if parts else jnp.zeros([0], dtype)
+    shape = elements_shape(flat.size, shards)
+    if math.prod(shape) > flat.size:
+        flat = jnp.pad(flat, (0, math.prod(shape) - flat.size))
+    return flat.reshape(shape)
+
+
+def unpack_tree(buffer: jax.Array, like: Any) -> Any:
+    """The element buffer ``buffer`` as a tree of ``like``'s structure and shapes."""
+    flat = buffer.reshape(-1)
+    leaves, treedef = jax.tree.flatten(like)
+    out, offset = [], 0
+    for x in leaves:
+        size = math.prod(np.shape(x))
+        out.append(jax.lax.slice_in_dim(flat, offset, offset + size).reshape(np.shape(x)))
+        offset += size
+    return treedef.unflatten(out)
+
+
 def zero_elements(layout: Layout, dtype) -> jax.Array:
     """An element buffer of zeros (``Layout.elements_shape``)."""
     return jnp.zeros(layout.elements_shape, dtype)
 
 
+def _block_shapes(layout: Layout) -> Blocks:
+    stacks = tuple(np.zeros((k.count, *k.shape), np.bool_) for k in layout.kinds)
+    vector = np.zeros(layout.vector_size, np.bool_) if layout.vector_size else None
+    return Blocks(stacks, vector)
+
+
 def pack_elements(blocks: Blocks, layout: Layout, dtype) -> jax.Array:
     """``blocks`` as one element buffer of ``dtype`` (inverse of :func:`unpack_elements`)."""
-    parts = [s.ravel().astype(dtype) for s in blocks.stacks]
-    if blocks.vector is not None:
-        parts.append(blocks.vector.astype(dtype))
-    flat = jnp.concatenate(parts) if parts else jnp.zeros([0], dtype)
-    padding = math.prod(layout.elements_shape) - layout.element_size
-    if padding:
-        flat = jnp.pad(flat, (0, padding))
-    return flat.reshape(layout.elements_shape)
+    return pack_tree(blocks, layout.shards, dtype)
 
 
 def unpack_elements(buffer: jax.Array, layout: Layout) -> Blocks:
     """The element buffer ``buffer`` as :class:`Blocks` (one stack per kind, the vector)."""
-    flat = buffer.reshape(-1)
-    stacks, offset = [], 0
-    for kind in layout.kinds:
-        size = kind.count * math.prod(kind.shape)
-        stack = jax.lax.slice_in_dim(flat, offset, offset + size)
-        stacks.append(stack.reshape(kind.count, *kind.shape))
-        offset += size
-    vector = None
-    if layout.vector_size:
-        vector = jax.lax.slice_in_dim(flat, offset, offset + layout.vector_size)
-    return Blocks(tuple(stacks), vector)
+    return unpack_tree(buffer, _block_shapes(layout))
 
 
 # -- buffers ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import optax
 
 from optlab import linalg
 from optlab._src import kronecker as kron
-from optlab._src.blocked import BlockPreconditioner, blocked_optimizer
+from optlab._src.blocked import BlockPreconditioner, blocked_optimizer, engine_preconditioner
 from optlab._src.common import (
     HEADROOM,
     at_least_float32,
@@ -327,7 +327,7 @@ def _preconditioner(
             bound = jnp.maximum(bound, jnp.max(sums) + squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max
 
-    return BlockPreconditioner(init_fn, layout_of, direction_fn, step_is_safe)
+    return engine_preconditioner(init_fn, layout_of, direction_fn, step_is_safe)
 
 
 def scale_by_shampoo(
@@ -509,7 +509,9 @@ def shampoo(
     )
     return blocked_optimizer(
         pre,
-        momentum=b1,
+        # Arrays (optax.inject_hyperparams) always keep their term: the state's structure must
+        # not depend on a value that can change.
+        momentum=optax.ema(b1, debias=True) if isinstance(b1, jax.Array) or b1 > 0 else None,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         learning_rate=learning_rate,

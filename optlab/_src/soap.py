@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from optlab._src import kronecker as kron
-from optlab._src.blocked import BlockPreconditioner, blocked_optimizer
+from optlab._src.blocked import BlockPreconditioner, blocked_optimizer, engine_preconditioner
 from optlab._src.common import (
     HEADROOM,
     at_least_float32,
@@ -328,7 +328,7 @@ def _preconditioner(
         bound = jnp.maximum(kron.statistics_bound(state.stats, layout, beta_s, squares), squares)
         return bound <= HEADROOM * jnp.finfo(dtype).max
 
-    return BlockPreconditioner(init_fn, layout_of, direction_fn, step_is_safe)
+    return engine_preconditioner(init_fn, layout_of, direction_fn, step_is_safe)
 
 
 def scale_by_soap(

@@ -70,8 +70,9 @@ def test_shampoo_steps_match_one_device(child: dict[str, Any], layout: str) -> N
     assert run["update_diff_over_bound"] <= 1.0, run
     assert run["roots_relative_diff"] <= run["roots_bound"], run
     if layout == "sharded":
-        # The statistics, the roots and the graft's and momentum's parameter-shaped leaves.
-        assert run["sharded_state_leaves"] >= 2 + 2 * 16, run
+        # The statistics, the roots, the graft's second moments and the momentum: four flat
+        # buffers in the engine's layout (the optimizer was built without mesh=).
+        assert run["sharded_state_leaves"] >= 4, run
     else:
         assert run["sharded_state_leaves"] == 0, run
 
