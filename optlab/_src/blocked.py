@@ -1,15 +1,17 @@
-r"""Shampoo's and SOAP's optimizers, guarded and run on the engine's stacked blocks.
+r"""Shampoo, SOAP and K-FAC, guarded and run on stacked blocks.
 
-A preconditioner of the Kronecker-factor engine (:mod:`optlab._src.kronecker`) computes its
-direction on the blocks of the whole tree, a few stacks however many layers there are. Its
-transforms (``scale_by_shampoo``, ``scale_by_soap``) and full optimizers (``shampoo``, ``soap``)
+Their preconditioners compute the direction on a few stacked arrays however many layers there
+are: the Kronecker-factor engine's blocks (:mod:`optlab._src.kronecker`; Shampoo, SOAP) or
+K-FAC's stacks of the layers of one shape. Their transforms (``scale_by_shampoo``,
+``scale_by_soap``, ``scale_by_kfac``) and full optimizers (``shampoo``, ``soap``, ``kfac``)
 keep everything after that in the same layout too: momentum, decoupled weight decay, the
 learning rate and the NaN guard's check of the update run on the stacks, and only the final
 update is cut into leaves. Per-leaf code is what makes XLA's compile time grow with depth: the
-optax chain and the guard's per-leaf checks after the preconditioner made half of a 100-layer
-MLP's Shampoo step.
+optax chain and the guard's per-leaf checks after the preconditioner made most of the kernels
+XLA compiled for a 100-layer MLP's step (``benchmarks/RESULTS.md``, compile time).
 
-The arithmetic is optax's: ``optax.ema`` (momentum), ``u + weight_decay * p``
+The arithmetic is optax's: ``optax.ema`` (Shampoo's momentum; K-FAC's is ``optax.trace``
+with an overflow guard), ``u + weight_decay * p``
 (``optax.add_decayed_weights``) and ``optax.scale_by_learning_rate``, applied to the blocks.
 The NaN/Inf policy is :func:`optlab.skip_nonfinite`'s with ``step_is_safe``: a step the
 preconditioner's bound says could overflow its state is skipped (zero update, state unchanged,
@@ -117,10 +119,6 @@ def _largest_abs(blocks: Any, dtype) -> jax.Array:
     return jnp.max(jnp.stack(parts)) if parts else jnp.zeros([], dtype)
 
 
-def _map(fn: Callable[..., jax.Array], *trees: Any) -> Any:
-    return jax.tree.map(fn, *trees)
-
-
 def blocked_optimizer(
     pre: BlockPreconditioner,
     *,
@@ -190,7 +188,7 @@ def blocked_optimizer(
             parts.append(m)
             i += 1
         if decayed is not None:
-            direction = _map(
+            direction = jax.tree.map(
                 lambda u, p: u + jnp.asarray(weight_decay, u.dtype) * p, direction, decayed
             )
         direction, schedule = scale.update(direction, inner[i])
@@ -221,14 +219,14 @@ def blocked_optimizer(
             return direction, (new_pre, *parts)
 
         def skip():
-            return _map(jnp.zeros_like, grads), inner
+            return jax.tree.map(jnp.zeros_like, grads), inner
 
         safe = pre.step_is_safe(grads, pre_state, layout, extra_args)
         direction, new_inner = jax.lax.cond(safe, run, skip)
         # The update must also survive the cast to each leaf's dtype (float16's 65504).
         limit = min(float(jnp.finfo(jnp.result_type(x)).max) for x in [dtype, *leaves])
         ok = safe & (_largest_abs(direction, dtype) <= jnp.asarray(limit, dtype))  # NaN: False
-        direction = _map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), direction)
+        direction = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), direction)
         out = pre.from_blocks(direction, layout, leaves, pre_state.digits)
         skipped = state.skipped_steps + jnp.where(ok, 0, 1).astype(jnp.int32)
         return treedef.unflatten(out), SkipNonFiniteState(new_inner, skipped_steps=skipped)
