@@ -395,6 +395,22 @@ def test_nonfinite_gradient_is_skipped_counted_and_never_enters_the_state(name, 
     assert_trees_equal(u_next, u_ref)
 
 
+@pytest.mark.parametrize("name", list(PUBLIC_TRANSFORMS))
+def test_float64_inf_gradient_is_skipped(name) -> None:
+    # float64's bounds do not fit float32: the check must not compare in float32 (where the
+    # limit rounds to Inf and lets an Inf through, poisoning the momentum).
+    with jax.enable_x64(True):
+        tx = PUBLIC_TRANSFORMS[name]()
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), _params_for(name))
+        state = tx.init(params)
+        grads = jax.tree.map(jnp.ones_like, params)
+        grads["w"] = grads["w"].at[0, 0].set(np.inf)
+        u, new_state = tx.update(grads, state, params)
+        assert_all_zero(u)
+        assert int(new_state.skipped_steps) == 1
+        assert_trees_equal(new_state.inner, state.inner)
+
+
 def test_finite_gradient_whose_adamw_moment_overflows_is_skipped_and_counted() -> None:
     # 1e20 is finite in float32, its square is not: AdamW's nu would become inf and freeze the
     # bias forever (optax.apply_if_finite, which checks only the gradient, let that through).

@@ -54,7 +54,6 @@ __all__ = [
     "is_inexact",
     "max_abs_within",
     "skip_nonfinite",
-    "square_sums",
     "tree_all_finite",
     "upcast",
 ]
@@ -312,26 +311,18 @@ def max_abs_within(tree: Any, limit: Callable[[jax.Array], Any]) -> jax.Array:
     """Whether every floating leaf ``x`` has ``max|x| <= limit(x)`` (False for a NaN or Inf).
 
     One reduction per leaf, as :func:`tree_all_finite`; ``limit`` receives the leaf and may
-    return a traced value (a hyperparameter under ``optax.inject_hyperparams``).
+    return a traced value (a hyperparameter under ``optax.inject_hyperparams``). Compared in
+    the leaf's precision, float32 at least, with the limit capped at that dtype's largest
+    value: a limit beyond it (float64's, or one that rounds to Inf) still rejects an Inf.
     """
-    checks = [
-        jnp.max(jnp.abs(x)).astype(jnp.float32) <= jnp.asarray(limit(x), jnp.float32)
-        for x in jax.tree.leaves(tree)
-        if is_inexact(x) and x.size
-    ]
+
+    def within(x: jax.Array) -> jax.Array:
+        dtype = at_least_float32(x.dtype)
+        bound = jnp.minimum(jnp.asarray(limit(x), dtype), jnp.finfo(dtype).max)
+        return jnp.max(jnp.abs(x)).astype(dtype) <= bound
+
+    checks = [within(x) for x in jax.tree.leaves(tree) if is_inexact(x) and x.size]
     return combine(checks, jnp.all) if checks else jnp.asarray(True)
-
-
-def square_sums(tree: Any, dtype: Any) -> jax.Array:
-    """The largest per-leaf sum of squares of ``tree``'s floating leaves, computed in ``dtype``
-    (NaN or Inf when a leaf holds one or its sum overflows; 0 for no leaves).
-
-    A bound, before they are formed, on every Gram diagonal ``sum_j G_ij^2`` and every squared
-    entry a statistic of the leaf accumulates: each is at most its leaf's sum of squares.
-    """
-    sums = [jnp.sum(jnp.square(x.astype(dtype))) for x in jax.tree.leaves(tree) if is_inexact(x)]
-    # max propagates NaN; an overflowing sum is Inf.
-    return combine(sums, jnp.max) if sums else jnp.zeros([], dtype)
 
 
 def skip_nonfinite(

@@ -671,7 +671,8 @@ def _momentum_limit(beta: Any, mu_dtype: Any) -> Callable[[jax.Array], jax.Array
 
     def limit(g: jax.Array) -> jax.Array:
         largest = float(jnp.finfo(g.dtype if mu_dtype is None else mu_dtype).max)
-        return HEADROOM * (1 - jnp.asarray(beta, jnp.float32)) * largest
+        # In the gradient's precision: float64's bound does not fit float32.
+        return HEADROOM * (1 - jnp.asarray(beta, at_least_float32(g.dtype))) * largest
 
     return limit
 
