@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from optlab._src import kronecker as kron
-from optlab._src.common import SkipNonFiniteState
+from optlab._src.common import SkipNonFiniteState, max_abs_within
 
 
 class BlockPreconditioner(NamedTuple):
@@ -84,13 +84,13 @@ def engine_preconditioner(
 
 
 class BlockMomentumState(NamedTuple):
-    """The momentum of a full optimizer (``optax.ema``'s state, its average in the engine's
-    layout).
+    """The momentum of a full optimizer on stacked blocks (Shampoo's ``optax.ema``, K-FAC's
+    ``optax.trace``), its average in the blocks' layout.
 
     Attributes:
-      count: steps averaged (for the bias correction).
-      mu: the exponential moving average of the updates, one element buffer
-        (:func:`optlab._src.kronecker.pack_elements`).
+      count: steps taken (``optax.ema``'s bias correction reads it).
+      mu: the moving average (``ema``) or trace of the updates, one element buffer
+        (:func:`optlab._src.kronecker.pack_tree`).
     """
 
     count: jax.Array
@@ -111,12 +111,6 @@ def _decayed_leaves(params: Any, mask: Any, treedef: Any) -> list[jax.Array]:
         return jax.tree.map(lambda p: jnp.where(flag, p, jnp.zeros_like(p)), subtree)
 
     return treedef.flatten_up_to(jax.tree.map(keep, mask_tree, params))
-
-
-def _largest_abs(blocks: Any, dtype) -> jax.Array:
-    """``max |x|`` over the blocks (NaN if one is; 0 for none): one reduction per stack."""
-    parts = [jnp.max(jnp.abs(x)).astype(dtype) for x in jax.tree.leaves(blocks) if x.size]
-    return jnp.max(jnp.stack(parts)) if parts else jnp.zeros([], dtype)
 
 
 def blocked_optimizer(
@@ -225,7 +219,7 @@ def blocked_optimizer(
         direction, new_inner = jax.lax.cond(safe, run, skip)
         # The update must also survive the cast to each leaf's dtype (float16's 65504).
         limit = min(float(jnp.finfo(jnp.result_type(x)).max) for x in [dtype, *leaves])
-        ok = safe & (_largest_abs(direction, dtype) <= jnp.asarray(limit, dtype))  # NaN: False
+        ok = safe & max_abs_within(direction, lambda _: limit)  # one reduction per stack
         direction = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), direction)
         out = pre.from_blocks(direction, layout, leaves, pre_state.digits)
         skipped = state.skipped_steps + jnp.where(ok, 0, 1).astype(jnp.int32)

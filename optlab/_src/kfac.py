@@ -872,7 +872,7 @@ def _from_blocks(
     """Inverse of :func:`_to_blocks`, each leaf in the dtype of ``like``'s (zero-size leaves:
     zeros). Each layer's rows are read at a row written with ``digits`` (one kernel per shape,
     not per layer)."""
-    out = [jnp.zeros(np.shape(x), _blocks_dtype(blocks)) for x in like]
+    out = [jnp.zeros(np.shape(x), jnp.result_type(x)) for x in like]
     batches = _dense_batches(plan)
     for stack, batch in zip(blocks.stacks, batches, strict=False):
         for i, layer in enumerate(batch):
@@ -888,11 +888,6 @@ def _from_blocks(
         out[i] = runtime_slice(blocks.vector, start, size, digits).reshape(np.shape(like[i]))
         start += size
     return [u.astype(jnp.result_type(x)) for u, x in zip(out, like, strict=True)]
-
-
-def _blocks_dtype(blocks: kron.Blocks) -> Any:
-    leaves = jax.tree.leaves(blocks)
-    return leaves[0].dtype if leaves else jnp.float32
 
 
 def _contributions(

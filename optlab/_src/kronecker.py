@@ -506,13 +506,6 @@ def from_blocks(
     return out
 
 
-def map_blocks(fn: Callable[..., jax.Array], *blocks: Blocks) -> Blocks:
-    """``fn`` on every stack (and on the vector, when there is one) of equally laid-out blocks."""
-    stacks = tuple(fn(*xs) for xs in zip(*(b.stacks for b in blocks), strict=True))
-    vector = None if blocks[0].vector is None else fn(*(b.vector for b in blocks))
-    return Blocks(stacks, vector)
-
-
 # -- element buffers -------------------------------------------------------------------------------
 # Elementwise state kept in the engine's layout (Shampoo's grafting moments, SOAP's Adam moments):
 # the stacks and the vector raveled into one buffer. The step then reads and writes a few stacks
@@ -555,8 +548,11 @@ def zero_elements(layout: Layout, dtype) -> jax.Array:
 
 
 def _block_shapes(layout: Layout) -> Blocks:
-    stacks = tuple(np.zeros((k.count, *k.shape), np.bool_) for k in layout.kinds)
-    vector = np.zeros(layout.vector_size, np.bool_) if layout.vector_size else None
+    """The shapes of a tree in ``layout`` (no arrays allocated: they can be parameter-sized)."""
+    stacks = tuple(jax.ShapeDtypeStruct((k.count, *k.shape), jnp.float32) for k in layout.kinds)
+    vector = (
+        jax.ShapeDtypeStruct((layout.vector_size,), jnp.float32) if layout.vector_size else None
+    )
     return Blocks(stacks, vector)
 
 

@@ -14,8 +14,8 @@ single-device ones: the padding statistics the split adds are never read.
 partition specs or ``optax.tree.map_params`` give, with the engine's buffers split):
 
 * the engine's buffers (``ShampooState.stats`` / ``roots`` / the grafting moments,
-  ``SoapState.stats`` / ``bases`` / ``mu`` / ``nu``, Shampoo's momentum
-  (``BlockMomentumState.mu``), ``KFACState.factors`` / ``inverses``:
+  ``SoapState.stats`` / ``bases`` / ``mu`` / ``nu``, Shampoo's and K-FAC's
+  momentum (``BlockMomentumState.mu``), ``KFACState.factors`` / ``inverses``:
   found by their state types anywhere in the state, under ``optax.chain``, ``partition``,
   ``masked``, ``inject_hyperparams``, ``MultiSteps``, the NaN guard) along ``axis``;
 * parameter-shaped state (Adam's moments, momentum) like its parameter: replicated for data

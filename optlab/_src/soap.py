@@ -256,14 +256,14 @@ def _preconditioner(
             kron.matrix_mode_products(grads.stacks, state.bases, layout, transpose=True),
             grads.vector,
         )
-        mu = kron.map_blocks(lambda m, x: jnp.where(first, m, (1 - b1) * x + b1 * m), mu, g)
-        nu = kron.map_blocks(
+        mu = jax.tree.map(lambda m, x: jnp.where(first, m, (1 - b1) * x + b1 * m), mu, g)
+        nu = jax.tree.map(
             lambda v, x: jnp.where(first, v, (1 - b2) * jnp.square(x) + b2 * v), nu, g
         )
         t = jnp.maximum(count, 1).astype(dtype)  # Adam's step: the first step not counted
         bc1 = 1 - jnp.asarray(b1, dtype) ** t
         bc2 = 1 - jnp.asarray(b2, dtype) ** t
-        rotated = kron.map_blocks(
+        rotated = jax.tree.map(
             lambda m, v: jnp.where(first, 0, (m / bc1) / (jnp.sqrt(v / bc2) + eps)), mu, nu
         )
         direction = kron.Blocks(
